@@ -1,0 +1,302 @@
+"""The HyperPrompt T5.1.1 encoder-decoder: a drop-in module for t5x's EncoderDecoderModel.
+
+`Transformer.encode`, `.decode` and `__call__` keep t5x's signatures and add a keyword
+`task_ids`: int32 [batch], or [batch, max_segments] for packed rows (entry s is the task of
+segment s+1; unused slots hold 0). With variant 'mtl' the parameter tree is exactly that of
+t5x `examples/t5/network.Transformer`; other variants add parameters beside it.
+"""
+
+from typing import Optional
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from hyperprompt_jax import layers
+from hyperprompt_jax.config import HyperPromptConfig  # re-exported: the network's config
+from hyperprompt_jax.hypernetworks import (HyperAdapterGenerator, HyperPromptGenerator,
+                                           InputPrompts, TaskAdapter, apply_adapter,
+                                           batch_prompts)
+from hyperprompt_jax.task_ids import check_task_ids, token_tasks
+
+__all__ = ['HyperPromptConfig', 'Transformer']
+
+
+def _dropout(cfg, x, deterministic, broadcast=True):
+  dims = (-2,) if broadcast else ()
+  return nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=dims)(x, deterministic=deterministic)
+
+
+class EncoderLayer(nn.Module):
+  config: HyperPromptConfig
+  relative_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, inputs, encoder_mask=None, deterministic=False, prompts=None,
+               adapter=None, tasks=None):
+    cfg = self.config
+    length = inputs.shape[-2]
+    bias = self.relative_embedding(length, length, True)  # [1, heads, len, len]
+    x = layers.LayerNorm(dtype=cfg.dtype, name='pre_attention_layer_norm')(inputs)
+    pk, pv, pmask = prompts if prompts is not None else (None, None, None)
+    x = layers.MultiHeadDotProductAttention(
+        num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=cfg.dtype,
+        dropout_rate=cfg.dropout_rate, float32_logits=cfg.float32_attention_logits,
+        name='attention')(x, x, encoder_mask, bias, prompt_key=pk, prompt_value=pv,
+                          prompt_mask=pmask, deterministic=deterministic)
+    x = _dropout(cfg, x, deterministic) + inputs
+    y = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
+    y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype,
+                        name='mlp')(y, deterministic=deterministic)
+    if cfg.variant == 'adapter':
+      adapter = TaskAdapter(cfg, name='adapter')()
+    if adapter is not None:
+      y = apply_adapter(y, adapter, tasks, cfg.num_tasks)
+    return _dropout(cfg, y, deterministic) + x
+
+
+class DecoderLayer(nn.Module):
+  config: HyperPromptConfig
+  relative_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, inputs, encoded, decoder_mask=None, encoder_decoder_mask=None,
+               deterministic=False, decode=False, max_decode_length=None, prompts=None,
+               adapter=None, tasks=None):
+    cfg = self.config
+    length = max_decode_length if decode and max_decode_length else inputs.shape[-2]
+    bias = self.relative_embedding(length, length, False)  # [1, heads, len, len]
+    x = layers.LayerNorm(dtype=cfg.dtype, name='pre_self_attention_layer_norm')(inputs)
+    pk, pv, pmask = prompts if prompts is not None else (None, None, None)
+    x = layers.MultiHeadDotProductAttention(
+        num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=cfg.dtype,
+        dropout_rate=cfg.dropout_rate, float32_logits=cfg.float32_attention_logits,
+        name='self_attention')(x, x, decoder_mask, bias, prompt_key=pk, prompt_value=pv,
+                               prompt_mask=pmask, deterministic=deterministic, decode=decode)
+    x = _dropout(cfg, x, deterministic) + inputs
+    y = layers.LayerNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(x)
+    y = layers.MultiHeadDotProductAttention(
+        num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=cfg.dtype,
+        dropout_rate=cfg.dropout_rate, float32_logits=cfg.float32_attention_logits,
+        name='encoder_decoder_attention')(y, encoded, encoder_decoder_mask,
+                                          deterministic=deterministic)
+    y = _dropout(cfg, y, deterministic) + x
+    z = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
+    z = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype,
+                        name='mlp')(z, deterministic=deterministic)
+    if cfg.variant == 'adapter':
+      adapter = TaskAdapter(cfg, name='adapter')()
+    if adapter is not None:
+      z = apply_adapter(z, adapter, tasks, cfg.num_tasks)
+    return _dropout(cfg, z, deterministic) + y
+
+
+def _relpos(cfg):
+  return layers.RelativePositionBiases(num_heads=cfg.num_heads, dtype=cfg.dtype,
+                                       name='relpos_bias')
+
+
+def _layer_conditioning(cfg, stack, layer, prompt_gen, prompt_offset, adapter_gen,
+                        adapter_offset, task_ids, query_segments):
+  prompts = adapter = None
+  if prompt_gen is not None and cfg.prompted_layers(stack):
+    pk, pv = prompt_gen(prompt_offset + layer)  # [T, l, heads, head_dim] each
+    prompts = batch_prompts(pk, pv, task_ids, query_segments)
+  if adapter_gen is not None:
+    adapter = adapter_gen(adapter_offset + layer)
+  return prompts, adapter
+
+
+class Encoder(nn.Module):
+  config: HyperPromptConfig
+  shared_embedding: nn.Module
+  prompt_generator: Optional[nn.Module] = None
+  prompt_offset: int = 0
+  adapter_generator: Optional[nn.Module] = None
+
+  @nn.compact
+  def __call__(self, encoder_input_tokens, encoder_mask=None, deterministic=False,
+               task_ids=None, segment_ids=None, input_prompts=None):
+    cfg = self.config
+    rel_emb = _relpos(cfg)
+    x = self.shared_embedding(encoder_input_tokens.astype('int32'))  # [batch, len, embed]
+    real = encoder_input_tokens > 0  # [batch, len]
+    if input_prompts is not None:  # 'prompt_tuning': [batch, l, embed] before the tokens
+      x = jnp.concatenate([input_prompts.astype(x.dtype), x], axis=1)
+    x = _dropout(cfg, x, deterministic).astype(cfg.dtype)
+    tasks = query_segments = None
+    if task_ids is not None:
+      tasks = token_tasks(task_ids, segment_ids, x.shape[1])  # [batch, len]
+      query_segments = segment_ids if task_ids.ndim == 2 else real
+      if segment_ids is not None and task_ids.ndim == 1:
+        query_segments = segment_ids > 0
+    for i in range(cfg.num_encoder_layers):
+      prompts, adapter = _layer_conditioning(
+          cfg, 'encoder', i, self.prompt_generator, self.prompt_offset, self.adapter_generator,
+          0, task_ids, query_segments)
+      x = EncoderLayer(cfg, rel_emb, name=f'layers_{i}')(
+          x, encoder_mask, deterministic, prompts=prompts, adapter=adapter, tasks=tasks)
+    x = layers.LayerNorm(dtype=cfg.dtype, name='encoder_norm')(x)
+    return _dropout(cfg, x, deterministic, broadcast=False)
+
+
+class Decoder(nn.Module):
+  config: HyperPromptConfig
+  shared_embedding: nn.Module
+  prompt_generator: Optional[nn.Module] = None
+  prompt_offset: int = 0
+  adapter_generator: Optional[nn.Module] = None
+  adapter_offset: int = 0
+
+  @nn.compact
+  def __call__(self, encoded, decoder_input_tokens, decoder_positions=None, decoder_mask=None,
+               encoder_decoder_mask=None, deterministic=False, decode=False,
+               max_decode_length=None, task_ids=None, segment_ids=None, query_real=None):
+    cfg = self.config
+    rel_emb = _relpos(cfg)
+    y = self.shared_embedding(decoder_input_tokens.astype('int32'))  # [batch, len, embed]
+    y = _dropout(cfg, y, deterministic).astype(cfg.dtype)
+    tasks = query_segments = None
+    if task_ids is not None:
+      tasks = token_tasks(task_ids, segment_ids, y.shape[1])  # [batch, len]
+      query_segments = segment_ids if task_ids.ndim == 2 else query_real
+      if segment_ids is not None and task_ids.ndim == 1:
+        query_segments = segment_ids > 0
+    for i in range(cfg.num_decoder_layers):
+      prompts, adapter = _layer_conditioning(
+          cfg, 'decoder', i, self.prompt_generator, self.prompt_offset, self.adapter_generator,
+          self.adapter_offset, task_ids, query_segments)
+      y = DecoderLayer(cfg, rel_emb, name=f'layers_{i}')(
+          y, encoded, decoder_mask=decoder_mask, encoder_decoder_mask=encoder_decoder_mask,
+          deterministic=deterministic, decode=decode, max_decode_length=max_decode_length,
+          prompts=prompts, adapter=adapter, tasks=tasks)
+    y = layers.LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
+    y = _dropout(cfg, y, deterministic)
+    if cfg.logits_via_embedding:
+      return self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1])
+    return layers.DenseGeneral(cfg.vocab_size, dtype=jnp.float32, kernel_axes=('embed', 'vocab'),
+                               name='logits_dense')(y)  # [batch, len, vocab]
+
+
+class Transformer(nn.Module):
+  """Encoder-decoder T5.1.1 with task conditioning selected by `config.variant`."""
+  config: HyperPromptConfig
+
+  def setup(self):
+    cfg = self.config
+    self.shared_embedding = layers.Embed(
+        num_embeddings=cfg.vocab_size, features=cfg.emb_dim, dtype=cfg.dtype,
+        attend_dtype=jnp.float32, embedding_init=nn.initializers.normal(stddev=1.0),
+        one_hot=True, name='token_embedder')
+    enc_gen = dec_gen = adapter_gen = None
+    dec_offset = 0
+    if cfg.is_hyperprompt:
+      n_enc, n_dec = cfg.prompted_layers('encoder'), cfg.prompted_layers('decoder')
+      if cfg.share_encoder_decoder_prompts:
+        shared = HyperPromptGenerator(cfg, n_enc + n_dec, name='hyperprompt')
+        enc_gen = dec_gen = shared
+        dec_offset = n_enc
+      else:
+        enc_gen = HyperPromptGenerator(cfg, n_enc, name='encoder_hyperprompt') if n_enc else None
+        dec_gen = HyperPromptGenerator(cfg, n_dec, name='decoder_hyperprompt') if n_dec else None
+    if cfg.variant == 'hyperformer':
+      adapter_gen = HyperAdapterGenerator(
+          cfg, cfg.num_encoder_layers + cfg.num_decoder_layers, name='hyperformer')
+    if cfg.variant == 'prompt_tuning':
+      self.input_prompts = InputPrompts(cfg, name='input_prompts')
+    self.encoder = Encoder(cfg, self.shared_embedding, enc_gen, 0, adapter_gen)
+    self.decoder = Decoder(cfg, self.shared_embedding, dec_gen, dec_offset, adapter_gen,
+                           cfg.num_encoder_layers)
+
+  def _task_ids(self, task_ids, segment_ids, batch: int):
+    """Validates task ids at the boundary; None for 'mtl'. Zeros while initialising."""
+    cfg = self.config
+    if not cfg.is_conditioned:
+      return None
+    if task_ids is None:
+      if self.is_initializing():
+        return jnp.zeros((batch,), jnp.int32)
+      raise ValueError(f'variant {cfg.variant!r} needs task_ids ([batch] or [batch, '
+                       'max_segments] int32); pass task_ids=... or use variant "mtl".')
+    check_task_ids(task_ids, cfg.num_tasks)
+    task_ids = jnp.asarray(task_ids).astype(jnp.int32)
+    if task_ids.ndim not in (1, 2) or task_ids.shape[0] != batch:
+      raise ValueError(f'task_ids must be [batch={batch}] or [batch, max_segments], got '
+                       f'shape {task_ids.shape}.')
+    if task_ids.ndim == 2 and segment_ids is None:
+      if task_ids.shape[1] != 1:
+        raise ValueError('Packed task_ids [batch, max_segments] need segment ids; pass the '
+                         'segment ids of the packed rows or unpacked [batch] task_ids.')
+      task_ids = task_ids[:, 0]
+    return task_ids
+
+  def _encoder_key_mask(self, encoder_input_tokens):
+    """Which encoded positions are real: [batch, (l +) len]; input prompts always are."""
+    real = encoder_input_tokens > 0
+    if self.config.variant == 'prompt_tuning':
+      batch = encoder_input_tokens.shape[0]
+      real = jnp.concatenate([jnp.ones((batch, self.config.prompt_length), bool), real], axis=1)
+    return real
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=True, *,
+             task_ids=None):
+    """Encodes [batch, len] tokens -> [batch, len, emb_dim] ([batch, l+len, ...] for
+    'prompt_tuning')."""
+    cfg = self.config
+    if encoder_input_tokens.ndim != 2:
+      raise ValueError(f'encoder_input_tokens must be [batch, len], got {encoder_input_tokens.shape}.')
+    task_ids = self._task_ids(task_ids, encoder_segment_ids, encoder_input_tokens.shape[0])
+    input_prompts = None
+    if cfg.variant == 'prompt_tuning':
+      if encoder_segment_ids is not None:
+        raise ValueError("variant 'prompt_tuning' does not support packed rows; turn packing "
+                         'off in the feature converter (pack=False).')
+      input_prompts = self.input_prompts(task_ids)  # [batch, l, embed]
+    real = self._encoder_key_mask(encoder_input_tokens)
+    mask = layers.make_attention_mask(real, real, dtype=cfg.dtype)
+    if encoder_segment_ids is not None:
+      mask = layers.combine_masks(mask, layers.make_attention_mask(
+          encoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=cfg.dtype), dtype=cfg.dtype)
+    return self.encoder(encoder_input_tokens, mask, deterministic=not enable_dropout,
+                        task_ids=task_ids, segment_ids=encoder_segment_ids,
+                        input_prompts=input_prompts)
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+             encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
+             enable_dropout=True, decode=False, max_decode_length=None, *, task_ids=None):
+    """Decoder logits [batch, len, vocab]; `decode=True` uses the autoregressive cache."""
+    cfg = self.config
+    task_ids = self._task_ids(task_ids, decoder_segment_ids, decoder_input_tokens.shape[0])
+    key_real = self._encoder_key_mask(encoder_input_tokens)
+    if decode:
+      decoder_mask = None
+      query_real = jnp.ones_like(decoder_target_tokens, dtype=bool)
+      encoder_decoder_mask = layers.make_attention_mask(query_real, key_real, dtype=cfg.dtype)
+    else:
+      query_real = decoder_target_tokens > 0
+      decoder_mask = layers.make_decoder_mask(decoder_target_tokens, cfg.dtype,
+                                              decoder_segment_ids=decoder_segment_ids)
+      encoder_decoder_mask = layers.make_attention_mask(query_real, key_real, dtype=cfg.dtype)
+    if encoder_segment_ids is not None:
+      if decode:
+        raise ValueError('Packed rows cannot be decoded incrementally: encoder_segment_ids was '
+                         'passed to decode with decode=True.')
+      encoder_decoder_mask = layers.combine_masks(encoder_decoder_mask, layers.make_attention_mask(
+          decoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=cfg.dtype), dtype=cfg.dtype)
+    return self.decoder(
+        encoded, decoder_input_tokens, decoder_positions=decoder_positions,
+        decoder_mask=decoder_mask, encoder_decoder_mask=encoder_decoder_mask,
+        deterministic=not enable_dropout, decode=decode, max_decode_length=max_decode_length,
+        task_ids=task_ids, segment_ids=decoder_segment_ids, query_real=query_real)
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+               encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
+               decoder_positions=None, *, enable_dropout: bool = True, decode: bool = False,
+               task_ids=None):
+    """Teacher-forced logits [batch, target_len, vocab] (t5x's signature plus task_ids)."""
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids=encoder_segment_ids,
+                          enable_dropout=enable_dropout, task_ids=task_ids)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                       decoder_target_tokens, encoder_segment_ids=encoder_segment_ids,
+                       decoder_segment_ids=decoder_segment_ids,
+                       decoder_positions=decoder_positions, enable_dropout=enable_dropout,
+                       decode=decode, task_ids=task_ids)

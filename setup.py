@@ -1,0 +1,36 @@
+"""hyperprompt_jax: HyperPrompt (He et al., ICML 2022) for T5 in JAX/Flax."""
+
+from setuptools import setup
+
+INSTALL_REQUIRES = [
+    'jax==0.10.2',
+    'jaxlib==0.10.2',
+    'flax==0.12.8',
+    'optax==0.2.8',
+    'orbax-checkpoint==0.12.8',
+    'gin-config==0.5.0',
+    'seqio==0.0.20',
+    'tensorflow-cpu==2.21.0',
+    'tensorflow-text==2.21.1',
+    'tensorflow-datasets==4.9.10',
+    'clu==0.0.12',
+    'sentencepiece==0.2.3',
+    'tensorboard==2.21.0',
+    'importlib_resources==7.1.0',
+    'numpy==2.4.6',
+]
+
+setup(
+    name='hyperprompt_jax',
+    version='0.1.0',
+    description='HyperPrompt: hypernetwork-generated prompts for multi-task T5, in JAX/Flax.',
+    python_requires='>=3.11,<3.12',
+    packages=['hyperprompt_jax', 'hyperprompt_tasks'],
+    package_dir={'hyperprompt_jax': 'hyperprompt_jax', 'hyperprompt_tasks': 'tasks'},
+    package_data={'hyperprompt_tasks': ['data/*', 'vocab/*']},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        'test': ['pytest==9.2.0'],
+        'hf': ['transformers==4.57.1', 'safetensors==0.6.2', 'torch==2.13.0'],
+    },
+)
