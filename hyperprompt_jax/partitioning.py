@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+from flax.core import unfreeze
 from flax.linen import partitioning as nn_partitioning
 
 Rules = List[Tuple[str, Optional[str]]]
@@ -76,4 +77,4 @@ def logical_to_sharding(logical_specs, mesh, rules: Optional[Rules] = None):
 
 def params_logical_specs(variables):
   """Logical PartitionSpecs of the 'params' collection, from the 'params_axes' collection."""
-  return nn_partitioning.get_axis_names(variables['params_axes'])
+  return unfreeze(nn_partitioning.get_axis_names(variables['params_axes']))

@@ -1,0 +1,230 @@
+"""The network: shapes for every variant, plain T5 for 'mtl', task conditioning, packing,
+cached decoding and task-id validation."""
+
+import dataclasses
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hyperprompt_jax.network import HyperPromptConfig, Transformer
+from tests import t5_reference
+from tests.helpers import (ALL_VARIANTS, CONDITIONED, init_params, random_tokens, shift_right,
+                           tiny_config)
+
+B, LI, LT = 3, 9, 6
+
+
+def _batch(seed=0):
+  inputs = random_tokens(seed, (B, LI), pad_from=[LI, 5, 7])
+  targets = random_tokens(seed + 1, (B, LT), pad_from=[LT, 4, 3])
+  return inputs, shift_right(targets), targets
+
+
+def _logits(config, params, batch, task_ids):
+  model = Transformer(config)
+  fn = jax.jit(lambda p, t: model.apply({'params': p}, *batch, enable_dropout=False, task_ids=t))
+  return np.asarray(fn(params, task_ids))
+
+
+@pytest.mark.parametrize('variant', ALL_VARIANTS)
+def test_every_variant_gives_finite_logits_of_t5_shapes(variant):
+  config = tiny_config(variant)
+  params = init_params(config)
+  batch = _batch()
+  task_ids = None if variant == 'mtl' else np.array([0, 2, 1], np.int32)
+  logits = _logits(config, params, batch, task_ids)
+  assert logits.shape == (B, LT, config.vocab_size)
+  assert np.isfinite(logits).all()
+  encoded = Transformer(config).apply({'params': params}, batch[0], enable_dropout=False,
+                                      task_ids=task_ids, method=Transformer.encode)
+  extra = config.prompt_length if variant == 'prompt_tuning' else 0
+  assert encoded.shape == (B, LI + extra, config.emb_dim)
+
+
+def test_mtl_matches_independent_reference():
+  config = tiny_config('mtl')
+  params = init_params(config)
+  inputs, dec_inputs, targets = _batch()
+  logits = _logits(config, params, (inputs, dec_inputs, targets), None)
+  expected = t5_reference.t5_logits(jax.device_get(params), inputs, dec_inputs, targets,
+                                    config.num_heads)
+  real = targets > 0
+  np.testing.assert_allclose(logits[real], expected[real], atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('variant', ['adapter', 'hyperformer'])
+def test_adapters_at_initialisation_compute_plain_t5(variant):
+  """Adapters start as the identity (zero up-projection): the T5 part alone decides."""
+  config = tiny_config(variant)
+  params = init_params(config, perturb=False)
+  mtl_params = init_params(tiny_config('mtl'), perturb=False)
+  t5_part = {k: v for k, v in params.items() if k in mtl_params}
+  batch = _batch()
+  mtl = _logits(tiny_config('mtl'), jax.tree.map(lambda a: a, mtl_params), batch, None)
+  # Same T5 weights in both: copy the mtl tree into the variant's tree.
+  merged = _merge(params, mtl_params)
+  got = _logits(config, merged, batch, np.array([0, 1, 2], np.int32))
+  np.testing.assert_allclose(got, mtl, atol=1e-5)
+  assert set(t5_part) <= set(params)
+
+
+def _merge(target, source):
+  if not isinstance(target, dict):
+    return source
+  return {k: _merge(v, source[k]) if k in source else v for k, v in target.items()}
+
+
+@pytest.mark.parametrize('variant', CONDITIONED)
+def test_task_id_changes_its_row_and_only_its_row(variant):
+  config = tiny_config(variant)
+  params = init_params(config)
+  batch = _batch()
+  a = _logits(config, params, batch, np.array([0, 1, 2], np.int32))
+  b = _logits(config, params, batch, np.array([0, 2, 2], np.int32))
+  assert np.allclose(a[0], b[0], atol=1e-6) and np.allclose(a[2], b[2], atol=1e-6)
+  assert np.abs(a[1] - b[1]).max() > 1e-3
+
+
+@pytest.mark.parametrize('variant', CONDITIONED)
+def test_missing_or_out_of_range_task_ids_are_rejected(variant):
+  config = tiny_config(variant)
+  params = init_params(config)
+  batch = _batch()
+  model = Transformer(config)
+  with pytest.raises(ValueError, match='needs task_ids'):
+    model.apply({'params': params}, *batch, enable_dropout=False)
+  for bad in ([0, 3, 1], [0, -1, 1]):
+    with pytest.raises(ValueError, match='outside \\[0, 3\\)'):
+      model.apply({'params': params}, *batch, enable_dropout=False,
+                  task_ids=np.array(bad, np.int32))
+    # Inside jit the host check cannot run: the bad row must become NaN, never another task.
+    logits = _logits(config, params, batch, np.array(bad, np.int32))
+    assert np.isnan(logits[1]).any()
+    assert np.isfinite(logits[0]).all() and np.isfinite(logits[2]).all()
+
+
+def test_t5x_network_parity():
+  """Same tree and logits as t5x's own examples/t5 network (skipped without t5x)."""
+  if importlib.util.find_spec('t5x') is None:
+    pytest.skip('t5x is not installed')
+  from t5x.examples.t5 import network as t5x_network
+  config = tiny_config('mtl')
+  t5x_config = t5x_network.T5Config(**{f.name: getattr(config, f.name) for f in
+                                        dataclasses.fields(t5x_network.T5Config)})
+  x = jnp.ones((1, 4), jnp.int32)
+  theirs = t5x_network.Transformer(t5x_config).init(jax.random.PRNGKey(0), x, x, x,
+                                                     enable_dropout=False)
+  ours = Transformer(config).init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)
+  shapes = lambda t: jax.tree.map(lambda a: a.shape, dict(t))
+  assert shapes(ours['params']) == shapes(theirs['params'])
+  assert jax.tree.map(lambda a: tuple(a.names), dict(ours['params_axes'])) == jax.tree.map(
+      lambda a: tuple(a.names), dict(theirs['params_axes']))
+  params = init_params(config)
+  batch = _batch()
+  expected = t5x_network.Transformer(t5x_config).apply({'params': params}, *batch,
+                                                       enable_dropout=False)
+  np.testing.assert_allclose(_logits(config, params, batch, None), expected, atol=1e-5)
+
+
+# ---- packing -------------------------------------------------------------------------------
+
+def _pack(examples):
+  """Packs [(inputs, targets, task)] into one row: t5x/seqio packed feature layout."""
+  enc, enc_seg, enc_pos, tgt, dec_in, dec_seg, dec_pos, tasks = ([] for _ in range(8))
+  for s, (inp, tar, task) in enumerate(examples, start=1):
+    enc += list(inp); enc_seg += [s] * len(inp); enc_pos += list(range(len(inp)))
+    tgt += list(tar); dec_in += [0] + list(tar[:-1]); dec_seg += [s] * len(tar)
+    dec_pos += list(range(len(tar))); tasks.append(task)
+  return enc, enc_seg, enc_pos, tgt, dec_in, dec_seg, dec_pos, tasks
+
+
+@pytest.mark.parametrize('variant', ['share', 'sep', 'global', 'adapter', 'hyperformer'])
+def test_packed_rows_equal_unpacked_examples(variant):
+  config = tiny_config(variant)
+  params = init_params(config)
+  rng = np.random.RandomState(3)
+  rows = [[(rng.randint(2, 61, 4), rng.randint(2, 61, 3), 0),
+           (rng.randint(2, 61, 5), rng.randint(2, 61, 2), 2)],
+          [(rng.randint(2, 61, 6), rng.randint(2, 61, 4), 1),
+           (rng.randint(2, 61, 3), rng.randint(2, 61, 3), 0),
+           (rng.randint(2, 61, 2), rng.randint(2, 61, 1), 2)]]
+  LEN_I, LEN_T, S = 14, 10, 4
+  fields = [np.zeros((len(rows), n), np.int32) for n in (LEN_I,) * 3 + (LEN_T,) * 4 + (S,)]
+  for r, row in enumerate(rows):
+    for f, values in zip(fields, _pack(row)):
+      f[r, :len(values)] = values
+  enc, enc_seg, enc_pos, tgt, dec_in, dec_seg, dec_pos, task_ids = fields
+  model = Transformer(config)
+  packed = jax.jit(lambda p: model.apply(
+      {'params': p}, enc, dec_in, tgt, enc_seg, dec_seg, enc_pos, dec_pos,
+      enable_dropout=False, task_ids=task_ids))(params)
+  for r, row in enumerate(rows):
+    offset = 0
+    for inp, tar, task in row:
+      single = _logits(config, params, (inp[None], shift_right(tar[None]), tar[None]),
+                       np.array([task], np.int32))
+      np.testing.assert_allclose(np.asarray(packed)[r, offset:offset + len(tar)], single[0],
+                                 atol=2e-5, rtol=1e-5)
+      offset += len(tar)
+
+
+def test_prompt_tuning_rejects_packed_rows():
+  config = tiny_config('prompt_tuning')
+  params = init_params(config)
+  seg = np.ones((1, 5), np.int32)
+  x = random_tokens(0, (1, 5))
+  with pytest.raises(ValueError, match='does not support packed rows'):
+    Transformer(config).apply({'params': params}, x, x, x, seg, seg, enable_dropout=False,
+                              task_ids=np.zeros((1, 2), np.int32))
+
+
+# ---- cached decoding -------------------------------------------------------------------------
+
+@pytest.mark.parametrize('variant', ALL_VARIANTS)
+def test_cached_decoding_equals_teacher_forced_forward(variant):
+  config = tiny_config(variant)
+  params = init_params(config)
+  inputs, dec_inputs, targets = _batch()
+  targets = random_tokens(7, (B, LT))  # full length: every step is compared
+  dec_inputs = shift_right(targets)
+  task_ids = None if variant == 'mtl' else np.array([2, 0, 1], np.int32)
+  full = _logits(config, params, (inputs, dec_inputs, targets), task_ids)
+  model = Transformer(config)
+  encoded = model.apply({'params': params}, inputs, enable_dropout=False, task_ids=task_ids,
+                        method=Transformer.encode)
+  _, state = model.apply({'params': params}, encoded, inputs, dec_inputs, targets,
+                         enable_dropout=False, decode=True, task_ids=task_ids,
+                         mutable=['cache'], method=Transformer.decode)
+  cache = state['cache']
+
+  @jax.jit
+  def step(cache, token):
+    logits, state = model.apply({'params': params, 'cache': cache}, encoded, inputs, token, token,
+                                enable_dropout=False, decode=True, max_decode_length=LT,
+                                task_ids=task_ids, mutable=['cache'], method=Transformer.decode)
+    return logits, state['cache']
+
+  for t in range(LT):
+    logits, cache = step(cache, dec_inputs[:, t:t + 1])
+    np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=2e-5, rtol=1e-5)
+  # Prompts are not in the cache: it holds exactly the decoded length.
+  cached_key = cache['decoder']['layers_0']['self_attention']['cached_key']
+  assert cached_key.shape == (B, config.num_heads, config.head_dim, LT)
+
+
+def test_config_rejects_bad_values():
+  with pytest.raises(ValueError, match='Unknown variant'):
+    tiny_config('hyper')
+  with pytest.raises(ValueError, match='num_tasks must be a positive integer'):
+    tiny_config('global', num_tasks=0)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  config = tiny_config('global', dtype=jnp.bfloat16)
+  params = init_params(config, perturb=False)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  logits = _logits(config, params, _batch(), np.array([0, 1, 2], np.int32))
+  assert np.isfinite(logits).all()
