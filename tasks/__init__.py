@@ -1,0 +1,34 @@
+"""hyperprompt_tasks: seqio tasks and mixtures for HyperPrompt (GLUE, SuperGLUE, offline demo).
+
+Importing this package registers every task and mixture (see README for the names). Each
+task emits `task_ids` from the task table (`task_table.py`); `TaskIdEncDecFeatureConverter`
+carries them to the model.
+"""
+
+import seqio
+
+from hyperprompt_tasks import benchmarks, demo, metrics, task_table
+from hyperprompt_tasks.feature_converter import TaskIdEncDecFeatureConverter
+from hyperprompt_tasks.task_table import TASK_IDS, num_tasks, task_id
+from hyperprompt_tasks.vocab import demo_vocabulary, task_vocabulary
+
+if 'hyperprompt_demo' not in seqio.MixtureRegistry.names():
+  benchmarks.register_all()
+  demo.register_all()
+
+
+def get_mixture_or_task(name: str):
+  """seqio lookup with a one-line error listing our names when `name` is unknown."""
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError:
+    ours = sorted(n for n in list(seqio.MixtureRegistry.names()) if n.startswith('hyperprompt'))
+    raise ValueError(f'Unknown task or mixture {name!r}: registered mixtures include '
+                     f'{", ".join(ours)} (import the module that registers yours).') from None
+
+
+def task_ids_of(name: str):
+  """Task ids a mixture or task emits (for the num_tasks check)."""
+  provider = get_mixture_or_task(name)
+  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  return sorted({TASK_IDS[t.name] for t in tasks if t.name in TASK_IDS})

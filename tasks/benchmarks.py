@@ -1,0 +1,159 @@
+"""GLUE and SuperGLUE seqio tasks (TFDS, T5's text-to-text casting) and their mixtures.
+
+Tasks: hyperprompt_glue_<task> for cola, sst2, mrpc, qqp, stsb, mnli (validation = matched),
+mnli_mismatched (eval only), qnli, rte; hyperprompt_super_glue_<task> for boolq, cb, copa,
+multirc, record, rte, wic, wsc (eval) and wsc_train (train only, positives as in T5).
+Mixtures: hyperprompt_glue, hyperprompt_super_glue (proportional to real train sizes, capped
+at 2**19 examples), and *_temperature (rates ** (1/2)); `register_mixture` makes others.
+"""
+
+import functools
+from typing import Optional
+
+import seqio
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import dataset_builder
+
+from hyperprompt_tasks import metrics, task_table, text_to_text
+from hyperprompt_tasks.vocab import output_features, task_vocabulary
+
+GLUE_VERSION, SUPER_GLUE_VERSION = '2.0.0', '1.0.2'
+DEFAULT_CAP = 2 ** 19
+
+# Real train split sizes (TFDS glue 2.0.0 / super_glue 1.0.2): mock and unprepared datasets
+# report none, so mixing rates come from here.
+TRAIN_SIZES = {
+    'glue': {'cola': 8551, 'sst2': 67349, 'mrpc': 3668, 'qqp': 363846, 'stsb': 5749,
+             'mnli': 392702, 'qnli': 104743, 'rte': 2490},
+    'super_glue': {'boolq': 9427, 'cb': 250, 'copa': 400, 'multirc': 27243, 'record': 100730,
+                   'rte': 2490, 'wic': 5428, 'wsc': 259},  # wsc: its positive examples
+}
+
+
+def _is_tfds_mocked() -> bool:
+  """True inside tfds.testing.mock_data, where nothing is read from disk."""
+  fn = dataset_builder.DatasetBuilder.as_dataset
+  return 'testing' in getattr(fn, '__module__', '')
+
+
+class PreparedTfdsSource(seqio.TfdsDataSource):
+  """A TFDS source that fails at once, naming the fix, when the dataset is not prepared
+  locally (instead of minutes of download retries without network)."""
+
+  def get_dataset(self, split, *args, **kwargs):
+    if not _is_tfds_mocked():
+      builder = tfds.builder(self.tfds_dataset.name, data_dir=self.tfds_dataset.data_dir)
+      if not builder.is_prepared():
+        raise RuntimeError(
+            f'TFDS dataset {self.tfds_dataset.name} is not prepared in {builder.data_dir}: run '
+            f'`tfds build {self.tfds_dataset.name.split(":")[0]}` on a machine with network '
+            '(or copy the prepared data there, or set TFDS_DATA_DIR to it).')
+    return super().get_dataset(split, *args, **kwargs)
+
+
+def _register(benchmark, short, tfds_name, preprocessors, postprocess_fn, metric_fns,
+              splits=None, task_short=None):
+  tid = task_table.TABLES[benchmark][task_short or short]
+  name = task_table.task_name(benchmark, short)
+  seqio.TaskRegistry.add(
+      name,
+      source=PreparedTfdsSource(tfds_name=tfds_name, splits=splits),
+      preprocessors=list(preprocessors) + [
+          text_to_text.add_task_id(tid),
+          seqio.preprocessors.tokenize,
+          seqio.CacheDatasetPlaceholder(),
+          seqio.preprocessors.append_eos_after_trim,
+      ],
+      postprocess_fn=postprocess_fn,
+      metric_fns=metric_fns,
+      output_features=output_features(task_vocabulary(), task_table.num_tasks(benchmark)))
+  task_table.TASK_IDS[name] = tid
+
+
+GLUE_LABELS = {'cola': ['unacceptable', 'acceptable'], 'sst2': ['negative', 'positive'],
+               'mrpc': ['not_equivalent', 'equivalent'], 'qqp': ['not_duplicate', 'duplicate'],
+               'mnli': ['entailment', 'neutral', 'contradiction'],
+               'qnli': ['entailment', 'not_entailment'], 'rte': ['entailment', 'not_entailment']}
+GLUE_FEATURES = {'cola': ['sentence'], 'sst2': ['sentence'], 'mrpc': ['sentence1', 'sentence2'],
+                 'qqp': ['question1', 'question2'], 'stsb': ['sentence1', 'sentence2'],
+                 'mnli': ['hypothesis', 'premise'], 'qnli': ['question', 'sentence'],
+                 'rte': ['sentence1', 'sentence2']}
+GLUE_METRICS = {'cola': [metrics.matthews], 'sst2': [metrics.accuracy],
+                'mrpc': [metrics.accuracy, metrics.f1], 'qqp': [metrics.accuracy, metrics.f1],
+                'stsb': [metrics.pearson_spearman], 'mnli': [metrics.accuracy],
+                'qnli': [metrics.accuracy], 'rte': [metrics.accuracy]}
+
+
+def _register_glue():
+  for short in task_table.GLUE:
+    labels = GLUE_LABELS.get(short)
+    pre = [text_to_text.classification(short, GLUE_FEATURES[short], labels)]
+    post = metrics.to_float if labels is None else metrics.label_to_id(labels)
+    tfds_name = f'glue/{short}:{GLUE_VERSION}'
+    if short == 'mnli':
+      _register('glue', 'mnli', tfds_name, pre, post, GLUE_METRICS['mnli'],
+                splits={'train': 'train', 'validation': 'validation_matched',
+                        'test': 'test_matched'})
+      _register('glue', 'mnli_mismatched', tfds_name, pre, post, GLUE_METRICS['mnli'],
+                splits={'validation': 'validation_mismatched', 'test': 'test_mismatched'},
+                task_short='mnli')
+    else:
+      _register('glue', short, tfds_name, pre, post, GLUE_METRICS[short])
+
+
+def _register_super_glue():
+  sg = lambda name: f'super_glue/{name}:{SUPER_GLUE_VERSION}'
+  pair = lambda prefix, feats, labels: [text_to_text.classification(prefix, feats, labels)]
+  _register('super_glue', 'boolq', sg('boolq'), pair('boolq', ['passage', 'question'],
+            ['False', 'True']), metrics.label_to_id(['False', 'True']), [metrics.accuracy])
+  cb = ['entailment', 'contradiction', 'neutral']
+  _register('super_glue', 'cb', sg('cb'), pair('cb', ['hypothesis', 'premise'], cb),
+            metrics.label_to_id(cb), [metrics.accuracy, metrics.macro_f1(3)])
+  _register('super_glue', 'copa', sg('copa'),
+            pair('copa', ['choice1', 'choice2', 'premise', 'question'], ['choice1', 'choice2']),
+            metrics.label_to_id(['choice1', 'choice2']), [metrics.accuracy])
+  _register('super_glue', 'multirc', sg('multirc'), [text_to_text.multirc], metrics.multirc,
+            [metrics.multirc_f1a_em])
+  _register('super_glue', 'record', sg('record'), [text_to_text.record], metrics.record,
+            [metrics.record_f1_em])
+  rte = ['entailment', 'not_entailment']
+  _register('super_glue', 'rte', sg('rte'), pair('rte', ['hypothesis', 'premise'], rte),
+            metrics.label_to_id(rte), [metrics.accuracy])
+  _register('super_glue', 'wic', sg('wic'), pair('wic', ['sentence1', 'sentence2', 'word'],
+            ['False', 'True']), metrics.label_to_id(['False', 'True']), [metrics.accuracy])
+  _register('super_glue', 'wsc', sg('wsc.fixed'), [text_to_text.wsc], metrics.wsc,
+            [metrics.accuracy], splits={'validation': 'validation', 'test': 'test'})
+  _register('super_glue', 'wsc_train', sg('wsc.fixed'),
+            [text_to_text.wsc, text_to_text.keep_positive], metrics.wsc, [],
+            splits={'train': 'train'}, task_short='wsc')
+
+
+def mixture_rates(benchmark: str, cap: Optional[int] = DEFAULT_CAP, temperature: float = 1.0):
+  """Sampling rate of each task: min(train size, cap) ** (1 / temperature)."""
+  sizes = TRAIN_SIZES[benchmark]
+  return {short: float(min(n, cap) if cap else n) ** (1.0 / temperature)
+          for short, n in sizes.items()}
+
+
+def register_mixture(name: str, benchmark: str, cap: Optional[int] = DEFAULT_CAP,
+                     temperature: float = 1.0):
+  """Registers a mixture of a benchmark's tasks; eval-only companions are included with the
+  rate of the task they evaluate (seqio skips them when sampling the train split)."""
+  rates = mixture_rates(benchmark, cap, temperature)
+  entries = []
+  for short, rate in rates.items():
+    train_name = 'wsc_train' if short == 'wsc' else short
+    entries.append((task_table.task_name(benchmark, train_name), rate))
+    companion = {'mnli': 'mnli_mismatched', 'wsc': 'wsc'}.get(short)
+    if companion:
+      if companion != train_name:
+        entries.append((task_table.task_name(benchmark, companion), rate))
+  seqio.MixtureRegistry.add(name, entries)
+
+
+def register_all():
+  _register_glue()
+  _register_super_glue()
+  for benchmark in ('glue', 'super_glue'):
+    register_mixture(f'hyperprompt_{benchmark}', benchmark)
+    register_mixture(f'hyperprompt_{benchmark}_temperature', benchmark, temperature=2.0)
