@@ -50,6 +50,13 @@ class PreparedTfdsSource(seqio.TfdsDataSource):
             '(or copy the prepared data there, or set TFDS_DATA_DIR to it).')
     return super().get_dataset(split, *args, **kwargs)
 
+  def num_input_examples(self, split):
+    """The split's size when TFDS knows it; None for mock or unprepared data."""
+    try:
+      return super().num_input_examples(split)
+    except (KeyError, ValueError):
+      return None
+
 
 def _register(benchmark, short, tfds_name, preprocessors, postprocess_fn, metric_fns,
               splits=None, task_short=None):
@@ -57,7 +64,9 @@ def _register(benchmark, short, tfds_name, preprocessors, postprocess_fn, metric
   name = task_table.task_name(benchmark, short)
   seqio.TaskRegistry.add(
       name,
-      source=PreparedTfdsSource(tfds_name=tfds_name, splits=splits),
+      source=PreparedTfdsSource(tfds_name=tfds_name,
+                                splits=splits or {'train': 'train', 'validation': 'validation',
+                                                  'test': 'test'}),
       preprocessors=list(preprocessors) + [
           text_to_text.add_task_id(tid),
           seqio.preprocessors.tokenize,

@@ -84,9 +84,10 @@ class TaskIdEncDecFeatureConverter(seqio.FeatureConverter):
   def get_model_feature_lengths(self, task_feature_lengths):
     inputs, targets = task_feature_lengths['inputs'], task_feature_lengths['targets']
     lengths = {'encoder_input_tokens': inputs, 'decoder_target_tokens': targets,
-               'decoder_input_tokens': targets, 'decoder_loss_weights': targets}
+               'decoder_input_tokens': targets, 'decoder_loss_weights': targets,
+               'task_ids': self.max_segments if self.pack else 1}
     if self.pack:
-      lengths.update({'task_ids': self.max_segments, 'encoder_segment_ids': inputs,
+      lengths.update({'encoder_segment_ids': inputs,
                       'decoder_segment_ids': targets, 'encoder_positions': inputs,
                       'decoder_positions': targets})
     return lengths

@@ -1,0 +1,237 @@
+"""Tasks: text-to-text casting and task ids (TFDS mock data), metrics, mixtures, converter."""
+
+import collections
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import seqio
+import sentencepiece as spm
+import tensorflow_datasets as tfds
+
+import hyperprompt_tasks
+from hyperprompt_tasks import benchmarks, demo, metrics, task_table
+from hyperprompt_tasks.feature_converter import TaskIdEncDecFeatureConverter
+
+LENGTHS = {'inputs': 512, 'targets': 64}
+
+
+def _examples(name, split='validation', n=4):
+  task = seqio.get_mixture_or_task(name)
+  with tfds.testing.mock_data(num_examples=n):
+    ds = task.get_dataset(LENGTHS, split=split, shuffle=False, use_cached=False)
+    return [{k: v for k, v in ex.items()} for ex in ds.as_numpy_iterator()]
+
+
+GLUE_CASES = {
+    'cola': ('cola sentence:', ['unacceptable', 'acceptable']),
+    'sst2': ('sst2 sentence:', ['negative', 'positive']),
+    'mrpc': ('mrpc sentence1:', ['not_equivalent', 'equivalent']),
+    'qqp': ('qqp question1:', ['not_duplicate', 'duplicate']),
+    'stsb': ('stsb sentence1:', None),
+    'mnli': ('mnli hypothesis:', ['entailment', 'neutral', 'contradiction']),
+    'mnli_mismatched': ('mnli hypothesis:', ['entailment', 'neutral', 'contradiction']),
+    'qnli': ('qnli question:', ['entailment', 'not_entailment']),
+    'rte': ('rte sentence1:', ['entailment', 'not_entailment']),
+}
+
+
+@pytest.mark.parametrize('short', sorted(GLUE_CASES))
+def test_glue_tasks_cast_to_text_with_task_ids(short):
+  prefix, labels = GLUE_CASES[short]
+  rows = _examples(task_table.task_name('glue', short))
+  assert rows
+  expected_id = task_table.GLUE['mnli' if short.startswith('mnli') else short]
+  for ex in rows:
+    inputs, targets = ex['inputs_pretokenized'].decode(), ex['targets_pretokenized'].decode()
+    assert inputs.startswith(prefix), inputs
+    if labels is None:
+      value = float(targets)
+      assert abs(value * 5 - round(value * 5)) < 1e-6 and len(targets.split('.')[1]) == 1
+    else:
+      assert targets in labels
+    assert ex['task_ids'].tolist() == [expected_id]
+    assert ex['targets'][-1] == 1  # EOS
+
+
+SUPER_GLUE_CASES = {
+    'boolq': ('boolq passage:', ['False', 'True']),
+    'cb': ('cb hypothesis:', ['entailment', 'contradiction', 'neutral']),
+    'copa': ('copa choice1:', ['choice1', 'choice2']),
+    'multirc': ('multirc question:', ['False', 'True']),
+    'record': ('record query:', None),
+    'rte': ('rte hypothesis:', ['entailment', 'not_entailment']),
+    'wic': ('wic sentence1:', ['False', 'True']),
+    'wsc': ('wsc:', None),
+}
+
+
+@pytest.mark.parametrize('short', sorted(SUPER_GLUE_CASES))
+def test_super_glue_tasks_cast_to_text_with_task_ids(short):
+  prefix, labels = SUPER_GLUE_CASES[short]
+  rows = _examples(task_table.task_name('super_glue', short))
+  assert rows
+  for ex in rows:
+    inputs, targets = ex['inputs_pretokenized'].decode(), ex['targets_pretokenized'].decode()
+    assert inputs.startswith(prefix)
+    if labels:
+      assert targets in labels
+    assert ex['task_ids'].tolist() == [task_table.SUPER_GLUE[short]]
+  if short == 'wsc':
+    assert all('*' in ex['inputs_pretokenized'].decode() for ex in rows)
+  if short == 'record':
+    for ex in rows:
+      answers = [a.decode() for a in ex['answers']]
+      assert ex['targets_pretokenized'].decode() in (answers or ['<unk>'])
+      assert ' entities: ' in ex['inputs_pretokenized'].decode()
+
+
+def test_wsc_train_keeps_only_positive_examples():
+  rows = _examples('hyperprompt_super_glue_wsc_train', split='train', n=20)
+  assert rows and all(ex['label'] == 1 for ex in rows)
+
+
+def test_wsc_marks_the_pronoun():
+  import tensorflow as tf
+  ex = {'text': tf.constant('Mark told Pete many lies about himself , which Pete included in his book .'),
+        'span1_index': tf.constant(0), 'span2_index': tf.constant(12),
+        'span1_text': tf.constant('Mark'), 'span2_text': tf.constant('his'),
+        'label': tf.constant(1), 'idx': tf.constant(0)}
+  out = next(iter(hyperprompt_tasks.text_to_text.wsc(tf.data.Dataset.from_tensors(ex))))
+  assert out['inputs'].numpy().decode() == (
+      'wsc: Mark told Pete many lies about himself , which Pete included in *his* book .')
+  assert out['targets'].numpy().decode() == 'Mark'
+
+
+def test_metrics_on_hand_made_predictions():
+  t, p = [1, 0, 1, 1, 0, 1], [1, 0, 0, 1, 1, 1]
+  assert metrics.accuracy(t, p)['accuracy'] == pytest.approx(100 * 4 / 6)
+  # tp=3, fp=1, fn=1 -> F1 = 6 / 8
+  assert metrics.f1(t, p)['f1'] == pytest.approx(75.0)
+  # tn=1: MCC = (3*1 - 1*1) / sqrt(4*4*2*2) = 2/8
+  assert metrics.matthews(t, p)['matthews_corr'] == pytest.approx(25.0)
+  ps = metrics.pearson_spearman([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0])
+  assert ps['spearman'] == pytest.approx(80.0)  # 1 - 6*2/(4*15)
+  assert ps['pearson'] == pytest.approx(80.0)
+  cb = metrics.macro_f1(3)([0, 1, 2, 2], [0, 1, 1, 2])
+  assert cb['macro_f1'] == pytest.approx(100 * (1 + 2 / 3 + 2 / 3) / 3)
+  mrc_t = [{'group': 1, 'value': 1}, {'group': 1, 'value': 0}, {'group': 2, 'value': 1}]
+  mrc_p = [{'group': 1, 'value': 1}, {'group': 1, 'value': 0}, {'group': 2, 'value': 0}]
+  m = metrics.multirc_f1a_em(mrc_t, mrc_p)
+  assert m['exact_match'] == pytest.approx(50.0) and m['f1a'] == pytest.approx(100 * 2 / 3)
+  rec_t = [{'group': 7, 'answers': ['Barack Obama', 'Obama']},
+           {'group': 7, 'answers': ['Barack Obama', 'Obama']},
+           {'group': 8, 'answers': ['the White House']}]
+  r = metrics.record_f1_em(rec_t, ['obama', 'ignored duplicate', 'White House press'])
+  assert r['exact_match'] == pytest.approx(50.0)
+  assert r['f1'] == pytest.approx(100 * (1.0 + 0.8) / 2)  # 'white house' vs 'white house press'
+  assert metrics.wsc('the city councilmen', {'targets_pretokenized': b'city councilmen'}) == 1
+  assert metrics.wsc('the demonstrators', {'targets_pretokenized': b'city councilmen'}) == 0
+
+
+def test_benchmark_scores_average_task_scores():
+  per_task = {'cola': {'m': 40.0}, 'mrpc': {'accuracy': 80.0, 'f1': 90.0},
+              'mnli': {'accuracy': 80.0}, 'mnli_mismatched': {'accuracy': 82.0}}
+  score = metrics.benchmark_score(per_task, ['cola', 'mrpc', 'mnli'])
+  assert score == pytest.approx((40.0 + 85.0 + 81.0) / 3)
+  with pytest.raises(ValueError, match='missing'):
+    metrics.benchmark_score(per_task, ['cola', 'rte'])
+
+
+@pytest.mark.parametrize('benchmark', ['glue', 'super_glue'])
+def test_mixtures_sample_every_task_at_the_documented_rate(benchmark):
+  mixture = seqio.get_mixture_or_task(f'hyperprompt_{benchmark}')
+  rates = benchmarks.mixture_rates(benchmark)
+  total = sum(rates.values())
+  n = 3000
+  with tfds.testing.mock_data(num_examples=8):
+    ds = mixture.get_dataset({'inputs': 512, 'targets': 64}, split='train', shuffle=True,
+                             seed=1, use_cached=False, num_epochs=None)
+    counts = collections.Counter(int(ex['task_ids'][0]) for ex in ds.take(n).as_numpy_iterator())
+  table = task_table.TABLES[benchmark]
+  for short, rate in rates.items():
+    p = rate / total
+    observed = counts[table[short]] / n
+    assert abs(observed - p) < 4.5 * np.sqrt(p * (1 - p) / n) + 1e-3, (short, observed, p)
+  temp = benchmarks.mixture_rates(benchmark, temperature=2.0)
+  assert temp['rte'] == pytest.approx(np.sqrt(2490))
+  capped = benchmarks.mixture_rates('glue', cap=1000)
+  assert capped['mnli'] == 1000 and capped['rte'] == 1000
+
+
+def _segment_task(text):
+  if text in ('positive', 'negative'):
+    return task_table.DEMO['sentiment']
+  if text in demo.TOPICS:
+    return task_table.DEMO['topic']
+  if text in demo.NAMES:
+    return task_table.DEMO['extract']
+  if text in ('equivalent', 'not_equivalent'):
+    return task_table.DEMO['paraphrase']
+  float(text)
+  return task_table.DEMO['rating']
+
+
+@pytest.mark.parametrize('pack', [False, True])
+def test_converted_batches_carry_each_segments_task(pack):
+  mixture = seqio.get_mixture_or_task('hyperprompt_demo')
+  lengths = {'inputs': 128, 'targets': 16}
+  ds = mixture.get_dataset(lengths, split='validation', shuffle=True, seed=3, num_epochs=1)
+  converter = TaskIdEncDecFeatureConverter(pack=pack, max_segments=6)
+  ds = converter(ds, lengths)
+  vocab = hyperprompt_tasks.demo_vocabulary()
+  seen_zero = checked = 0
+  for row in ds.take(60).as_numpy_iterator():
+    targets = row['decoder_target_tokens']
+    if not pack:
+      assert row['task_ids'].shape == ()
+      text = vocab.decode([t for t in targets if t > 1])
+      assert _segment_task(text) == row['task_ids']
+      seen_zero += row['task_ids'] == 0
+      checked += 1
+      continue
+    assert row['task_ids'].shape == (6,)
+    segs = row['decoder_segment_ids']
+    for s in range(1, segs.max() + 1):
+      text = vocab.decode([t for t, g in zip(targets, segs) if g == s and t > 1])
+      assert _segment_task(text) == row['task_ids'][s - 1], (text, row['task_ids'])
+      seen_zero += row['task_ids'][s - 1] == 0
+      checked += 1
+    assert (row['task_ids'][segs.max():] == 0).all()
+  assert seen_zero > 0 and checked > (60 if pack else 59)
+
+
+def test_demo_mixture_builds_offline_in_seconds():
+  start = time.time()
+  mixture = seqio.get_mixture_or_task('hyperprompt_demo')
+  ds = mixture.get_dataset({'inputs': 64, 'targets': 8}, split='train', shuffle=True, seed=0)
+  rows = list(ds.take(50).as_numpy_iterator())
+  assert len(rows) == 50 and time.time() - start < 30
+  assert {int(r['task_ids'][0]) for r in rows} == set(task_table.DEMO.values())
+  assert max(len(r['inputs']) for r in rows) <= 64
+
+
+def test_vocab_script_rebuilds_the_committed_vocabulary(tmp_path):
+  prefix = str(tmp_path / 'rebuilt')
+  subprocess.run([sys.executable, '-m', 'hyperprompt_tasks.build_vocab', '--output', prefix],
+                 check=True, capture_output=True)
+  pieces = lambda path: [spm.SentencePieceProcessor(model_file=path).id_to_piece(i)
+                         for i in range(spm.SentencePieceProcessor(model_file=path).get_piece_size())]
+  assert pieces(prefix + '.model') == pieces(hyperprompt_tasks.vocab.DEMO_VOCAB_PATH)
+
+
+def test_unknown_names_and_unprepared_datasets_fail_fast(tmp_path, monkeypatch):
+  with pytest.raises(ValueError, match="Unknown task or mixture 'hyperprompt_gleu'"):
+    hyperprompt_tasks.get_mixture_or_task('hyperprompt_gleu')
+  with pytest.raises(ValueError, match='Unknown task'):
+    task_table.task_id('glue/sst5')
+  assert task_table.task_id('glue/rte') == 7 and task_table.task_id('hyperprompt_super_glue_wsc') == 7
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
+  task = seqio.get_mixture_or_task('hyperprompt_glue_rte')
+  start = time.time()
+  with pytest.raises(RuntimeError, match='is not prepared'):
+    task.get_dataset(LENGTHS, split='validation', use_cached=False)
+  assert time.time() - start < 20
