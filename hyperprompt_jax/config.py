@@ -32,6 +32,7 @@ class HyperPromptConfig:
   encoder_prompts / decoder_prompts: put hyper-prompts in encoder / decoder self-attention.
   share_encoder_decoder_prompts: one set of global prompts and hypernetworks for both stacks,
     layers indexed across both (encoder first). Default True.
+  remat: recompute each layer's activations in the backward pass (memory for XL/XXL).
   """
   vocab_size: int
   dtype: Any = jnp.float32
@@ -56,6 +57,7 @@ class HyperPromptConfig:
   encoder_prompts: bool = True
   decoder_prompts: bool = True
   share_encoder_decoder_prompts: bool = True
+  remat: bool = False
 
   def __post_init__(self):
     if self.variant not in VARIANTS:

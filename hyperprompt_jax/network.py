@@ -133,8 +133,9 @@ class Encoder(nn.Module):
       prompts, adapter = _layer_conditioning(
           cfg, 'encoder', i, self.prompt_generator, self.prompt_offset, self.adapter_generator,
           0, task_ids, query_segments)
-      x = EncoderLayer(cfg, rel_emb, name=f'layers_{i}')(
-          x, encoder_mask, deterministic, prompts=prompts, adapter=adapter, tasks=tasks)
+      layer = nn.remat(EncoderLayer, static_argnums=(3,)) if cfg.remat else EncoderLayer
+      x = layer(cfg, rel_emb, name=f'layers_{i}')(
+          x, encoder_mask, deterministic, prompts, adapter, tasks)
     x = layers.LayerNorm(dtype=cfg.dtype, name='encoder_norm')(x)
     return _dropout(cfg, x, deterministic, broadcast=False)
 
@@ -165,10 +166,11 @@ class Decoder(nn.Module):
       prompts, adapter = _layer_conditioning(
           cfg, 'decoder', i, self.prompt_generator, self.prompt_offset, self.adapter_generator,
           self.adapter_offset, task_ids, query_segments)
-      y = DecoderLayer(cfg, rel_emb, name=f'layers_{i}')(
-          y, encoded, decoder_mask=decoder_mask, encoder_decoder_mask=encoder_decoder_mask,
-          deterministic=deterministic, decode=decode, max_decode_length=max_decode_length,
-          prompts=prompts, adapter=adapter, tasks=tasks)
+      layer = (nn.remat(DecoderLayer, static_argnums=(5, 6, 7)) if cfg.remat and not decode
+               else DecoderLayer)
+      y = layer(cfg, rel_emb, name=f'layers_{i}')(
+          y, encoded, decoder_mask, encoder_decoder_mask, deterministic, decode,
+          max_decode_length, prompts, adapter, tasks)
     y = layers.LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
     y = _dropout(cfg, y, deterministic)
     if cfg.logits_via_embedding:

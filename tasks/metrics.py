@@ -92,6 +92,8 @@ def matthews(targets, predictions):
 
 def pearson_spearman(targets, predictions):
   t, p = np.asarray(targets, float), np.asarray(predictions, float)
+  if np.ptp(t) == 0 or np.ptp(p) == 0:  # undefined for constant input: no correlation
+    return {'pearson': 0.0, 'spearman': 0.0}
   return {'pearson': 100.0 * float(scipy.stats.pearsonr(t, p)[0]),
           'spearman': 100.0 * float(scipy.stats.spearmanr(t, p)[0])}
 

@@ -1,0 +1,104 @@
+"""Evaluation: greedy decoding per task, seqio postprocessors and metrics, benchmark average,
+and T5's convention of reporting each task's best checkpoint (MODEL_DIR/eval/best.json)."""
+
+import json
+import logging
+import os
+from typing import Dict, Optional
+
+import numpy as np
+import seqio
+
+import hyperprompt_tasks
+from hyperprompt_jax import input_pipeline
+from hyperprompt_jax.decoding import greedy_decode
+from hyperprompt_tasks import metrics as task_metrics
+from hyperprompt_tasks import task_table
+
+
+def _pad(rows, length):
+  out = np.zeros((len(rows), length), np.int32)
+  for i, r in enumerate(rows):
+    out[i, :min(len(r), length)] = r[:length]
+  return out
+
+
+def predict_tokens(model, params, inputs, task_ids, batch_size, max_length, input_length):
+  """Decoded token lists for lists of input token ids and task ids."""
+  predictions = []
+  for start in range(0, len(inputs), batch_size):
+    chunk = inputs[start:start + batch_size]
+    ids = list(task_ids[start:start + batch_size])
+    pad = batch_size - len(chunk)  # fixed shapes: one compilation
+    tokens = _pad(list(chunk) + [[0]] * pad, input_length)
+    ids = np.asarray(ids + [0] * pad, np.int32)
+    out = np.asarray(greedy_decode(model, params, tokens, ids, max_length=max_length))
+    for row in out[:len(chunk)]:
+      row = list(row)
+      predictions.append(row[:row.index(1)] if 1 in row else row)
+  return predictions
+
+
+def evaluate(model, params, mixture_or_task_name: str, task_feature_lengths: Dict[str, int],
+             batch_size: int, split: str = 'validation',
+             max_examples: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+  """Metrics of every task of the mixture that has `split`: {task name: {metric: value}}."""
+  provider = hyperprompt_tasks.get_mixture_or_task(mixture_or_task_name)
+  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  results = {}
+  for task in tasks:
+    if split not in task.splits or not task.metric_fns:
+      continue
+    examples = input_pipeline.eval_examples(task, task_feature_lengths, split, max_examples)
+    if not examples:
+      continue
+    vocab = task.output_features['targets'].vocabulary
+    tokens = predict_tokens(model, params, [e['inputs'] for e in examples],
+                            [int(e['task_ids'][0]) for e in examples], batch_size,
+                            task_feature_lengths['targets'], task_feature_lengths['inputs'])
+    post = task.postprocess_fn or (lambda x, **_: x)
+    preds = [post(vocab.decode(t), example=e, is_target=False) for t, e in zip(tokens, examples)]
+    targets = [post(e['targets_pretokenized'].decode('utf-8'), example=e, is_target=True)
+               for e in examples]
+    scores = {}
+    for fn in task.metric_fns:
+      scores.update(fn(targets, preds))
+    results[task.name] = scores
+  return results
+
+
+def _short(name: str) -> str:
+  for benchmark in task_table.TABLES:
+    prefix = f'hyperprompt_{benchmark}_'
+    if name.startswith(prefix):
+      return name[len(prefix):]
+  return name
+
+
+def average_score(results: Dict[str, Dict[str, float]]) -> float:
+  """The benchmark average (GLUE / SuperGLUE / demo score) of the evaluated tasks."""
+  per_task = {_short(k): v for k, v in results.items()}
+  tasks = [t for t in per_task if t != 'mnli_mismatched']
+  return task_metrics.benchmark_score(per_task, tasks)
+
+
+def record_best(model_dir: str, step: int, results: Dict[str, Dict[str, float]]) -> Dict:
+  """Updates MODEL_DIR/eval/best.json: each task's best step and metrics so far, and the
+  average of those bests (Raffel et al.'s convention)."""
+  path = os.path.join(model_dir, 'eval', 'best.json')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  best = {'tasks': {}}
+  if os.path.exists(path):
+    with open(path) as f:
+      best = json.load(f)
+  for task, scores in results.items():
+    score = task_metrics.task_score(scores)
+    if task not in best['tasks'] or score > best['tasks'][task]['score']:
+      best['tasks'][task] = {'step': step, 'score': score, 'metrics': scores}
+  best['average_of_best'] = average_score({t: v['metrics'] for t, v in best['tasks'].items()})
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(best, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+  logging.info('Best per task so far: %s', {t: v['step'] for t, v in best['tasks'].items()})
+  return best

@@ -1,0 +1,108 @@
+"""gin plumbing shared by train / eval / infer: configurables, flags, one-line errors.
+
+Flags follow t5x: --gin_file (repeatable, stacked in order), --gin_search_paths (comma
+separated), --gin.NAME=VALUE (a binding; a bare word is taken as a string, so
+--gin.MODEL_DIR=/tmp/run works without quotes). The project's gin/ folder is always on the
+search path.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Sequence
+
+import gin
+
+from hyperprompt_jax.config import HyperPromptConfig
+from hyperprompt_jax.network import Transformer
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
+
+gin.external_configurable(HyperPromptConfig, 'HyperPromptConfig', module='hyperprompt_jax.network')
+gin.external_configurable(Transformer, 'Transformer', module='hyperprompt_jax.network')
+
+
+class ConfigError(ValueError):
+  """A configuration problem, reported as one line that names the fix."""
+
+
+def _binding(arg: str) -> str:
+  name, _, value = arg[len('--gin.'):].partition('=')
+  if not value:
+    raise ConfigError(f'{arg}: write --gin.NAME=VALUE.')
+  try:
+    gin.config.parse_value(value)
+    return f'{name} = {value}'
+  except Exception:  # a bare word: a string
+    return f'{name} = {value!r}'
+
+
+def parse_flags(argv: Sequence[str], description: str):
+  """Splits argv into (argparse namespace, gin files, bindings)."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument('--gin_file', action='append', default=[],
+                      help='gin file (repeatable; later files override earlier ones)')
+  parser.add_argument('--gin_search_paths', default='',
+                      help='comma-separated folders in which gin files and includes are found')
+  gin_args = [a for a in argv if a.startswith('--gin.')]
+  args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
+  return args, args.gin_file, [_binding(a) for a in gin_args]
+
+
+def parse_config(gin_files: List[str], bindings: List[str], search_paths: str = '') -> None:
+  """Parses gin files and bindings with the project's gin/ on the search path."""
+  paths = [GIN_DIR] + [p for p in search_paths.split(',') if p]
+  for path in paths:
+    gin.add_config_file_search_path(path)
+  if not gin_files:
+    raise ConfigError('No --gin_file given: pass e.g. --gin_file=runs/demo.gin.')
+  resolved = []
+  for name in gin_files:  # resolve here: gin logs an error for every place it looks in
+    hits = [os.path.join(p, name) for p in [''] + paths if os.path.isfile(os.path.join(p, name))]
+    if not hits:
+      raise ConfigError(f'gin file {name} not found in the working directory or {paths}: '
+                        'check the name or add its folder with --gin_search_paths.')
+    resolved.append(hits[0])
+  root = logging.getLogger()
+  level = root.level
+  root.setLevel(logging.CRITICAL)  # includes are searched for the same way
+  try:
+    gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
+  except (ValueError, IOError, KeyError, SyntaxError) as e:
+    first = str(e).strip().splitlines()[0]
+    if 'No configurable matching' in first or 'Unknown' in first:
+      raise ConfigError(f'Unknown gin binding: {first} — check the spelling against the gin '
+                        'files under gin/.') from None
+    raise ConfigError(f'gin configuration error: {first}') from None
+  finally:
+    root.setLevel(level)
+
+
+def run_main(fn, description: str, argv=None) -> None:
+  """Parses flags and config, runs `fn()`, and turns configuration errors into one line."""
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    args, files, bindings = parse_flags(argv, description)
+    parse_config(files, bindings, args.gin_search_paths)
+    fn()
+  except (ConfigError,) as e:
+    sys.exit(f'error: {e}')
+  except (ValueError, RuntimeError, TypeError) as e:
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if 'gin.REQUIRED' in str(e) or 'Required bindings' in str(e) or 'REQUIRED' in message:
+      missing = _required_name(str(e))
+      sys.exit(f'error: required gin macro or binding {missing} is missing: pass '
+               f'--gin.{missing}=... or a gin file that sets it.')
+    if getattr(e, 'hyperprompt_user_error', False) or isinstance(e, ValueError):
+      sys.exit(f'error: {message}')
+    raise
+
+
+def _required_name(text: str) -> str:
+  import re
+  for pattern in (r"macro '?%?([A-Z_][A-Z0-9_]*)", r"'([A-Za-z_.]+)'", r'\[([^\]]+)\]'):
+    m = re.search(pattern, text)
+    if m:
+      return m.group(1).strip("'\" ")
+  return '(see the gin file headers)'
