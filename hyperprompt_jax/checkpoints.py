@@ -44,6 +44,7 @@ class CheckpointStore:
     self.input_dir = os.path.join(model_dir, 'input_state')
     self.manager = ocp.CheckpointManager(
         os.path.join(os.path.abspath(model_dir), 'checkpoints'),
+        item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=False))
 
@@ -52,6 +53,11 @@ class CheckpointStore:
 
   def all_steps(self):
     return list(self.manager.all_steps())
+
+  def stored_params(self, step: int):
+    """Metadata (shapes, dtypes) of a saved step's params, without reading arrays."""
+    stored = self.manager.item_metadata(step)
+    return getattr(stored, 'tree', stored)['params']
 
   def save(self, step: int, state, iterator=None) -> None:
     if iterator is not None:
@@ -62,9 +68,7 @@ class CheckpointStore:
       input_pipeline.prune_input_states(self.input_dir, set(self.manager.all_steps()))
 
   def restore(self, step: int, abstract_state, iterator=None):
-    stored = self.manager.item_metadata(step)
-    stored_tree = getattr(stored, 'tree', stored)
-    problems = shape_mismatches(stored_tree['params'], abstract_state['params'])
+    problems = shape_mismatches(self.stored_params(step), abstract_state['params'])
     if problems:
       raise CheckpointError(
           f'Checkpoint {step} in {self.model_dir} does not fit this model ({len(problems)} '

@@ -71,12 +71,30 @@ def parse_config(gin_files: List[str], bindings: List[str], search_paths: str = 
     gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
   except (ValueError, IOError, KeyError, SyntaxError) as e:
     first = str(e).strip().splitlines()[0]
-    if 'No configurable matching' in first or 'Unknown' in first:
+    if any(s in first for s in ('No configurable matching', "doesn't have a parameter",
+                                'Unknown', 'not found')):
       raise ConfigError(f'Unknown gin binding: {first} — check the spelling against the gin '
                         'files under gin/.') from None
     raise ConfigError(f'gin configuration error: {first}') from None
   finally:
     root.setLevel(level)
+
+
+def check_required_macros() -> None:
+  """A macro left at %gin.REQUIRED is reported by name (gin passes it on silently)."""
+  missing = []
+  for (scope, selector), _ in list(gin.config._CONFIG.items()):  # pylint: disable=protected-access
+    if selector.endswith('gin.macro') or selector == 'gin.macro':
+      name = scope
+      try:
+        value = gin.query_parameter(f'%{name}')
+      except ValueError:
+        continue
+      if repr(value) == '%gin.REQUIRED':
+        missing.append(name)
+  if missing:
+    raise ConfigError(f'required gin macro {", ".join(sorted(missing))} is not set: pass '
+                      f'--gin.{sorted(missing)[0]}=... (see the header of the run gin file).')
 
 
 def run_main(fn, description: str, argv=None) -> None:
@@ -85,6 +103,7 @@ def run_main(fn, description: str, argv=None) -> None:
   try:
     args, files, bindings = parse_flags(argv, description)
     parse_config(files, bindings, args.gin_search_paths)
+    check_required_macros()
     fn()
   except (ConfigError,) as e:
     sys.exit(f'error: {e}')

@@ -29,9 +29,7 @@ def restore_params(model: Transformer, model_dir: str, step: Optional[int]):
   if step not in steps:
     raise ValueError(f'Step {step} is not saved in {model_dir}; saved steps: {steps}.')
   abstract = trainer.init_variables_abstract(model)['params']
-  stored = store.manager.item_metadata(step)
-  stored = getattr(stored, 'tree', stored)
-  problems = checkpoints.shape_mismatches(stored['params'], abstract)
+  problems = checkpoints.shape_mismatches(store.stored_params(step), abstract)
   if problems:
     raise ValueError(f'Checkpoint {step} does not fit this model ({problems[0]}): use the gin '
                      'model files the run was trained with.')

@@ -1,0 +1,155 @@
+"""The trainer end to end: demo run, restore + eval + infer, sharded == single device,
+preemption and resume, atomic checkpoints, NaN stop, and bad configuration."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ['--gin.TASK_FEATURE_LENGTHS={"inputs": 64, "targets": 8}', '--gin.EVAL_EVERY_STEPS=0']
+
+
+def _env(devices=1):
+  env = dict(os.environ, HYPERPROMPT_VOCAB='demo', TF_CPP_MIN_LOG_LEVEL='3',
+             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  if devices > 1:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+def _cli(module, *args, devices=1, check=True, timeout=600):
+  cmd = [sys.executable, '-m', f'hyperprompt_jax.{module}', *args]
+  proc = subprocess.run(cmd, env=_env(devices), capture_output=True, text=True, timeout=timeout,
+                        cwd=REPO)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}')
+  return proc
+
+
+def _train_losses(model_dir):
+  with open(os.path.join(model_dir, 'metrics.jsonl')) as f:
+    return {r['step']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
+
+
+def _demo(model_dir, steps, *extra, devices=1, check=True):
+  return _cli('train', '--gin_file=runs/demo.gin', f'--gin.MODEL_DIR={model_dir}',
+              f'--gin.TRAIN_STEPS={steps}', '--gin.train.save_every_steps=3', *FAST, *extra,
+              devices=devices, check=check)
+
+
+def test_demo_trains_checkpoints_restores_evaluates_and_infers(tmp_path):
+  run = str(tmp_path / 'run')
+  _demo(run, 6)
+  losses = _train_losses(run)
+  assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+  assert all(np.isfinite(list(losses.values())))
+  with open(os.path.join(run, 'metrics.jsonl')) as f:
+    first = json.loads(f.readline())
+  assert {'learning_rate', 'steps_per_second'} <= set(first)
+  assert any(k.startswith('loss/hyperprompt_demo_') for k in first)
+  assert sorted(os.listdir(os.path.join(run, 'checkpoints'))) == ['3', '6']
+  assert any(n.startswith('events.out.tfevents') for n in os.listdir(run))
+  proc = _cli('eval', '--gin_file=runs/eval_demo.gin', f'--gin.MODEL_DIR={run}',
+              '--gin.evaluate_run.max_examples=20')
+  record = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert record['step'] == 6 and 'eval/average' in record
+  assert 'eval/hyperprompt_demo_sentiment/accuracy' in record
+  with open(os.path.join(run, 'eval', 'best.json')) as f:
+    assert json.load(f)['tasks']['hyperprompt_demo_topic']['step'] == 6
+  inputs = tmp_path / 'in.jsonl'
+  inputs.write_text(json.dumps({'task': 'demo/topic', 'inputs': 'review: the cafe zorbo in '
+                                'lima : the price was good and the staff was poor .'}) + '\n')
+  _cli('infer', '--gin_file=runs/infer_demo.gin', f'--gin.MODEL_DIR={run}',
+       f'--gin.INFER_INPUT={inputs}')
+  with open(os.path.join(run, 'inference.jsonl')) as f:
+    out = json.loads(f.readline())
+  assert out['task'] == 'demo/topic' and isinstance(out['prediction'], str) and out['step'] == 6
+
+
+def test_eight_devices_with_four_model_partitions_match_one_device(tmp_path):
+  one, eight = str(tmp_path / 'one'), str(tmp_path / 'eight')
+  _demo(one, 4, '--gin.network.HyperPromptConfig.dropout_rate=0.1')
+  _demo(eight, 4, '--gin.network.HyperPromptConfig.dropout_rate=0.1', '--gin.NUM_PARTITIONS=4',
+        devices=8)
+  a, b = _train_losses(one), _train_losses(eight)
+  assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+  np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-4)
+
+
+def test_sigterm_saves_and_a_rerun_continues_with_identical_losses(tmp_path):
+  full, cut = str(tmp_path / 'full'), str(tmp_path / 'cut')
+  steps = 40
+  args = ['--gin_file=runs/demo.gin', f'--gin.MODEL_DIR={cut}', f'--gin.TRAIN_STEPS={steps}',
+          '--gin.train.save_every_steps=1000', '--gin.network.HyperPromptConfig.dropout_rate=0.1',
+          *FAST]
+  proc = subprocess.Popen([sys.executable, '-m', 'hyperprompt_jax.train', *args], env=_env(),
+                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  path = os.path.join(cut, 'metrics.jsonl')
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(path) and len(_train_losses(cut)) >= 5:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  saved = [int(s) for s in os.listdir(os.path.join(cut, 'checkpoints'))]
+  assert len(saved) == 1 and 5 <= saved[0] < steps
+  _cli('train', *args)  # the same command continues
+  _demo(full, steps, '--gin.train.save_every_steps=1000',
+        '--gin.network.HyperPromptConfig.dropout_rate=0.1')
+  a, b = _train_losses(full), _train_losses(cut)
+  assert sorted(b) == list(range(1, steps + 1))
+  assert [a[s] for s in range(1, steps + 1)] == [b[s] for s in range(1, steps + 1)]
+
+
+def test_bad_configuration_fails_fast_with_one_line(tmp_path):
+  run = str(tmp_path / 'run')
+  cases = [
+      (['--gin.train.not_a_setting=1'], 'Unknown gin binding'),
+      (['--gin.network.HyperPromptConfig.num_tasks=3'], 'num_tasks=3'),
+  ]
+  for extra, expected in cases:
+    proc = _demo(run, 2, *extra, check=False)
+    assert proc.returncode != 0 and expected in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+  proc = _cli('train', '--gin_file=runs/demo.gin', check=False)
+  assert proc.returncode != 0 and 'MODEL_DIR' in proc.stderr.strip().splitlines()[-1]
+  a_file = tmp_path / 'file'
+  a_file.write_text('x')
+  proc = _demo(str(a_file), 2, check=False)
+  assert 'is a file' in proc.stderr.strip().splitlines()[-1]
+  _demo(run, 3)
+  proc = _demo(run, 6, '--gin.network.HyperPromptConfig.mlp_dim=128', check=False)
+  last = proc.stderr.strip().splitlines()[-1]
+  assert proc.returncode != 0 and 'does not fit this model' in last and 'MODEL_DIR' in last
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  run = str(tmp_path / 'run')
+  _demo(run, 3)
+  proc = _demo(run, 6, '--gin.train.z_loss=1e39', check=False)  # log(Z)^2 * 1e39 overflows
+  assert proc.returncode != 0
+  assert 'Loss is' in proc.stderr.strip().splitlines()[-1]
+  assert 'step 3' in proc.stderr.strip().splitlines()[-1]
+  assert sorted(os.listdir(os.path.join(run, 'checkpoints'))) == ['3']
+  _demo(run, 4)  # still restorable
+
+
+def test_interrupted_save_leaves_previous_checkpoint_restorable(tmp_path):
+  """A save killed midway leaves only orbax's temporary folder; it is never taken as a step."""
+  run = str(tmp_path / 'run')
+  _demo(run, 3)
+  ckpts = os.path.join(run, 'checkpoints')
+  partial = os.path.join(ckpts, '6.orbax-checkpoint-tmp-1234567')
+  os.makedirs(os.path.join(partial, 'default'))
+  with open(os.path.join(partial, 'default', 'manifest.ocdbt'), 'wb') as f:
+    f.write(b'\x00truncated')
+  _demo(run, 4)
+  assert sorted(_train_losses(run)) == [1, 2, 3, 4]
+  assert '4' in os.listdir(ckpts)
