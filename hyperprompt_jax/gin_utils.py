@@ -3,7 +3,8 @@
 Flags follow t5x: --gin_file (repeatable, stacked in order), --gin_search_paths (comma
 separated), --gin.NAME=VALUE (a binding; a bare word is taken as a string, so
 --gin.MODEL_DIR=/tmp/run works without quotes). The project's gin/ folder is always on the
-search path.
+search path. gin files use dynamic registration (as t5x's do), so the same model, size and
+variant files serve our trainer and t5x's launcher.
 """
 
 import argparse
@@ -14,13 +15,9 @@ from typing import List, Sequence
 
 import gin
 
-from hyperprompt_jax.config import HyperPromptConfig
-from hyperprompt_jax.network import Transformer
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
 
-gin.external_configurable(HyperPromptConfig, 'HyperPromptConfig', module='hyperprompt_jax.network')
-gin.external_configurable(Transformer, 'Transformer', module='hyperprompt_jax.network')
 
 
 class ConfigError(ValueError):

@@ -68,7 +68,7 @@ class Preemption:
     self.requested = True
 
 
-@gin.configurable(module='hyperprompt_jax')
+@gin.configurable
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Dict[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           batch_size: int = gin.REQUIRED, config: HyperPromptConfig = gin.REQUIRED,
