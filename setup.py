@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     'tensorboard==2.21.0',
     'importlib_resources==7.1.0',
     'numpy==2.4.6',
+    'tensorstore==0.1.86',
 ]
 
 setup(
@@ -31,6 +32,6 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         'test': ['pytest==9.2.0'],
-        'hf': ['transformers==4.57.1', 'safetensors==0.6.2', 'torch==2.13.0'],
+        'hf': ['transformers==5.23.0', 'safetensors==0.8.0', 'torch==2.13.0'],
     },
 )

@@ -17,6 +17,8 @@ from flax import traverse_util
 
 from hyperprompt_jax import input_pipeline
 
+log = logging.getLogger('hyperprompt_jax')
+
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be used with this model (message names the fix)."""
@@ -76,13 +78,17 @@ class CheckpointStore:
           'trained with.')
     state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
     if iterator is not None and not iterator.restore(self.input_dir, step):
-      logging.warning('No saved input position for step %d: the input restarts.', step)
+      log.warning('No saved input position for step %d: the input restarts.', step)
     return state
 
 
 def load_params(path: str) -> Dict[str, Any]:
-  """The 'params' tree (numpy) of one of our checkpoints: a step directory, a checkpoints/
-  directory or a MODEL_DIR (latest step)."""
+  """The 'params' tree (numpy) of a checkpoint: a T5X checkpoint_<step> directory (orbax or
+  the legacy format of the public T5.1.1 checkpoints), or one of ours (a step directory, a
+  checkpoints/ directory or a MODEL_DIR, whose latest step is taken)."""
+  from hyperprompt_jax import t5x_checkpoints  # pylint: disable=import-outside-toplevel
+  if t5x_checkpoints.is_t5x_checkpoint(path):
+    return t5x_checkpoints.load_t5x_params(path)
   path = os.path.abspath(path)
   for candidate in (os.path.join(path, 'checkpoints'), path):
     if os.path.isdir(candidate) and any(n.isdigit() for n in os.listdir(candidate)):

@@ -15,6 +15,8 @@ from hyperprompt_jax.decoding import greedy_decode
 from hyperprompt_tasks import metrics as task_metrics
 from hyperprompt_tasks import task_table
 
+log = logging.getLogger('hyperprompt_jax')
+
 
 def _pad(rows, length):
   out = np.zeros((len(rows), length), np.int32)
@@ -100,5 +102,5 @@ def record_best(model_dir: str, step: int, results: Dict[str, Dict[str, float]])
   with open(tmp, 'w') as f:
     json.dump(best, f, indent=1, sort_keys=True)
   os.replace(tmp, path)
-  logging.info('Best per task so far: %s', {t: v['step'] for t, v in best['tasks'].items()})
+  log.info('Best per task so far: %s', {t: v['step'] for t, v in best['tasks'].items()})
   return best

@@ -94,8 +94,20 @@ def check_required_macros() -> None:
                       f'--gin.{sorted(missing)[0]}=... (see the header of the run gin file).')
 
 
+def setup_logging() -> None:
+  """Our own messages at INFO on stderr; libraries stay at their (quieter) defaults."""
+  log = logging.getLogger('hyperprompt_jax')
+  if not log.handlers:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter('%(asctime)s hyperprompt: %(message)s', '%H:%M:%S'))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def run_main(fn, description: str, argv=None) -> None:
   """Parses flags and config, runs `fn()`, and turns configuration errors into one line."""
+  setup_logging()
   argv = sys.argv[1:] if argv is None else argv
   try:
     args, files, bindings = parse_flags(argv, description)

@@ -18,6 +18,8 @@ from hyperprompt_jax import checkpoints, evaluation, gin_utils, trainer
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
+log = logging.getLogger('hyperprompt_jax')
+
 
 def restore_params(model: Transformer, model_dir: str, step: Optional[int]):
   """Params of `step` (default latest) of a run, checked against the model's shapes."""
@@ -58,14 +60,13 @@ def evaluate_run(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = g
       with open(os.path.join(model_dir, 'metrics.jsonl'), 'a') as f:
         f.write(json.dumps(record) + '\n')
       evaluation.record_best(model_dir, s, res)
-    logging.info('step %d: %s', s, record)
+    log.info('step %d: %s', s, record)
     print(json.dumps(record))
     results[s] = record
   return results
 
 
 def main(argv=None):
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
   gin_utils.run_main(lambda: evaluate_run(), 'Evaluate a HyperPrompt run.', argv)
 
 

@@ -20,6 +20,8 @@ from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 from hyperprompt_tasks import task_table
 
+log = logging.getLogger('hyperprompt_jax')
+
 
 @gin.configurable
 def infer(*, model_dir: str = gin.REQUIRED, input_file: str = gin.REQUIRED,
@@ -44,12 +46,11 @@ def infer(*, model_dir: str = gin.REQUIRED, input_file: str = gin.REQUIRED,
   with open(output_file, 'w') as f:
     for row, out in zip(rows, outputs):
       f.write(json.dumps(dict(row, prediction=vocabulary.decode(out), step=step)) + '\n')
-  logging.info('Wrote %d predictions to %s', len(rows), output_file)
+  log.info('Wrote %d predictions to %s', len(rows), output_file)
   return output_file
 
 
 def main(argv=None):
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
   gin_utils.run_main(lambda: print(infer()), 'Predict with a HyperPrompt run.', argv)
 
 

@@ -25,6 +25,8 @@ from hyperprompt_jax import checkpoints, evaluation, gin_utils, input_pipeline, 
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
+log = logging.getLogger('hyperprompt_jax')
+
 
 class TrainingError(RuntimeError):
   hyperprompt_user_error = True
@@ -99,7 +101,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   if initial_checkpoint_path and latest is None:
     merged, report = checkpoints.merge_params(jax.device_get(params),
                                               checkpoints.load_params(initial_checkpoint_path))
-    logging.info('Initial checkpoint %s: %d loaded, %d initialised (%s), %d unused (%s)',
+    log.info('Initial checkpoint %s: %d loaded, %d initialised (%s), %d unused (%s)',
                  initial_checkpoint_path, len(report['loaded']), len(report['initialised']),
                  report['initialised'], len(report['unused']), report['unused'])
     params = jax.device_put(merged, param_shardings)
@@ -119,7 +121,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
     state = store.restore(latest, abstract_state, iterator)
-    logging.info('Resumed from %s at step %d.', model_dir, latest)
+    log.info('Resumed from %s at step %d.', model_dir, latest)
   start = int(state['step'])
 
   step_fn = trainer.make_train_step(model, optimizer, config.num_tasks, seed, z_loss,
@@ -127,7 +129,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   with part.context():
     train_step = jax.jit(step_fn, in_shardings=(state_shardings, None),
                          out_shardings=(state_shardings, part.replicated), donate_argnums=(0,))
-  log = MetricsLog(model_dir, start)
+  metrics_log = MetricsLog(model_dir, start)
   writer = metric_writers.create_default_writer(model_dir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=train_steps, writer=writer,
                                              every_steps=max(log_every_steps, 1))
@@ -166,27 +168,27 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
         for tid in sorted(task_ids_present):
           if metrics['task_tokens'][tid] > 0:
             record[f'loss/{task_names.get(tid, tid)}'] = float(metrics['task_loss'][tid])
-        log.write(record)
+        metrics_log.write(record)
         writer.write_scalars(done, {k: v for k, v in record.items() if k != 'step'})
         last_record = record
     if done % save_every_steps == 0 or done == train_steps or preemption.requested:
       save(done)
     if eval_every_steps and (done % eval_every_steps == 0 or done == train_steps):
       run_evaluation(model, state['params'], mixture_or_task_name, task_feature_lengths,
-                     eval_batch_size, model_dir, done, log, writer, eval_max_examples)
+                     eval_batch_size, model_dir, done, metrics_log, writer, eval_max_examples)
     if preemption.requested:
-      logging.warning('SIGTERM: saved step %d in %s; rerun the same command to continue.',
+      log.warning('SIGTERM: saved step %d in %s; rerun the same command to continue.',
                       done, model_dir)
       writer.flush()
       sys.exit(0)
   if start >= train_steps:
-    logging.info('Nothing to do: %s is already at step %d of %d.', model_dir, start, train_steps)
+    log.info('Nothing to do: %s is already at step %d of %d.', model_dir, start, train_steps)
   writer.flush()
   return last_record
 
 
 def run_evaluation(model, params, mixture_or_task_name, task_feature_lengths, batch_size,
-                   model_dir, step, log: MetricsLog, writer, max_examples=None):
+                   model_dir, step, metrics_log: MetricsLog, writer, max_examples=None):
   """Evaluates, logs `eval/...` records (no 'loss' key) and updates the best checkpoints."""
   results = evaluation.evaluate(model, params, mixture_or_task_name, task_feature_lengths,
                                 batch_size, max_examples=max_examples)
@@ -196,7 +198,7 @@ def run_evaluation(model, params, mixture_or_task_name, task_feature_lengths, ba
       record[f'eval/{task}/{metric}'] = float(value)
   if results:
     record['eval/average'] = evaluation.average_score(results)
-  log.write(record)
+  metrics_log.write(record)
   writer.write_scalars(step, {k: v for k, v in record.items() if k != 'step'})
   if jax.process_index() == 0:
     evaluation.record_best(model_dir, step, results)
@@ -204,7 +206,6 @@ def run_evaluation(model, params, mixture_or_task_name, task_feature_lengths, ba
 
 
 def main(argv=None):
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
   if os.environ.get('JAX_COORDINATOR_ADDRESS') or os.environ.get('HYPERPROMPT_MULTIHOST'):
     jax.distributed.initialize()
   gin_utils.run_main(lambda: train(), 'Multi-task fine-tuning of HyperPrompt T5.', argv)

@@ -1,0 +1,65 @@
+"""Reading T5X checkpoints without t5x: the model parameters ('target') of a checkpoint_N.
+
+Two formats exist:
+  * orbax (t5x today): checkpoint_N/state/ is an orbax PyTree with 'target' and 'state';
+  * legacy (the public T5.1.1 checkpoints, e.g. gs://t5-data/pretrained_models/t5x/
+    t5_1_1_base/checkpoint_1000000): checkpoint_N/checkpoint is msgpack whose large leaves
+    are tensorstore zarr specs pointing at folders beside it ('target.encoder.layers_0...').
+"""
+
+import os
+from typing import Any, Dict
+
+import numpy as np
+import orbax.checkpoint as ocp
+import tensorstore as ts
+from flax import serialization
+from tensorflow.io import gfile
+
+
+def is_t5x_checkpoint(path: str) -> bool:
+  return (gfile.exists(os.path.join(path, 'checkpoint'))
+          or gfile.exists(os.path.join(path, 'state', '_METADATA')))
+
+
+def _is_ts_spec(node) -> bool:
+  return isinstance(node, dict) and 'driver' in node and 'kvstore' in node
+
+
+def _read_ts(spec: Dict[str, Any], ckpt_dir: str) -> np.ndarray:
+  spec = dict(spec)
+  kvstore = dict(spec['kvstore'])
+  rel = kvstore.pop('path', None) or spec.pop('path')
+  if ckpt_dir.startswith('gs://'):
+    bucket, _, prefix = ckpt_dir[len('gs://'):].partition('/')
+    kvstore = {'driver': 'gcs', 'bucket': bucket, 'path': os.path.join(prefix, rel)}
+  else:
+    kvstore = {'driver': 'file', 'path': os.path.join(ckpt_dir, rel)}
+  spec['kvstore'] = kvstore
+  return np.asarray(ts.open(spec).result().read().result())
+
+
+def _resolve(node, ckpt_dir: str):
+  if _is_ts_spec(node):
+    return _read_ts(node, ckpt_dir)
+  if isinstance(node, dict):
+    return {k: _resolve(v, ckpt_dir) for k, v in node.items()}
+  return np.asarray(node)
+
+
+def load_t5x_params(path: str) -> Dict[str, Any]:
+  """The 'target' parameter tree (numpy) of a T5X checkpoint directory (either format)."""
+  path = path.rstrip('/')
+  if gfile.exists(os.path.join(path, 'state', '_METADATA')):
+    restored = ocp.PyTreeCheckpointer().restore(os.path.join(path, 'state'))
+    return _resolve(restored['target'], path)
+  legacy = os.path.join(path, 'checkpoint')
+  if not gfile.exists(legacy):
+    raise ValueError(f'{path} is not a T5X checkpoint (no state/ or checkpoint file): point '
+                     'INITIAL_CHECKPOINT_PATH at a checkpoint_<step> directory.')
+  with gfile.GFile(legacy, 'rb') as f:
+    contents = serialization.msgpack_restore(f.read())
+  target = contents.get('optimizer', contents).get('target')
+  if target is None:
+    raise ValueError(f'{legacy} holds no optimizer target: not a T5X training checkpoint.')
+  return _resolve(target, path)
