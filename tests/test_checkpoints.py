@@ -1,0 +1,106 @@
+"""T5X checkpoints (both layouts) and ours restore into every variant; remat is exact."""
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorstore as ts
+from flax import serialization, traverse_util
+
+from hyperprompt_jax import checkpoints, t5x_checkpoints
+from hyperprompt_jax.network import Transformer
+from tests.helpers import CONDITIONED, init_params, random_tokens, shift_right, tiny_config
+
+
+def _t5_params():
+  return jax.tree.map(np.asarray, init_params(tiny_config('mtl')))
+
+
+def _write_legacy_t5x(directory, params):
+  """The legacy T5X layout: msgpack 'checkpoint' whose leaves are tensorstore zarr specs."""
+  flat = traverse_util.flatten_dict(params)
+  specs = {}
+  for path, value in flat.items():
+    name = '.'.join(('target',) + path)
+    spec = {'driver': 'zarr', 'dtype': 'float32', 'kvstore': {'driver': 'file', 'path': name},
+            'metadata': {'shape': list(value.shape), 'chunks': list(value.shape),
+                         'compressor': {'id': 'gzip'}}}
+    write = dict(spec, kvstore={'driver': 'file', 'path': os.path.join(directory, name)})
+    ts.open(write, create=True, open=True).result().write(value).result()
+    specs[path] = spec
+  target = traverse_util.unflatten_dict(specs)
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, 'checkpoint'), 'wb') as f:
+    f.write(serialization.msgpack_serialize(
+        {'version': 3, 'optimizer': {'target': target, 'state': {'step': np.int64(1000000)}}}))
+
+
+def _write_orbax_t5x(directory, params):
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(directory, 'state'),
+                      {'target': params, 'state': {'step': np.int32(7)}})
+
+
+@pytest.mark.parametrize('layout', ['legacy', 'orbax'])
+def test_t5x_checkpoints_read_back_exactly(layout, tmp_path):
+  params = _t5_params()
+  directory = str(tmp_path / 'checkpoint_1000000')
+  (_write_legacy_t5x if layout == 'legacy' else _write_orbax_t5x)(directory, params)
+  assert t5x_checkpoints.is_t5x_checkpoint(directory)
+  loaded = checkpoints.load_params(directory)
+  jax.tree.map(np.testing.assert_array_equal, loaded, params)
+
+
+@pytest.mark.parametrize('variant', CONDITIONED)
+def test_t5_checkpoint_restores_into_every_variant(variant, tmp_path):
+  t5 = _t5_params()
+  directory = str(tmp_path / 'checkpoint_1')
+  _write_legacy_t5x(directory, t5)
+  cfg = tiny_config(variant)
+  initial = jax.tree.map(np.asarray, init_params(cfg, seed=5))
+  merged, report = checkpoints.merge_params(initial, checkpoints.load_params(directory))
+  flat_t5 = {'/'.join(k): v for k, v in traverse_util.flatten_dict(t5).items()}
+  assert report['loaded'] == sorted(flat_t5) and not report['unused']
+  assert report['initialised'] and all(k not in flat_t5 for k in report['initialised'])
+  flat = {'/'.join(k): v for k, v in traverse_util.flatten_dict(merged).items()}
+  for name, value in flat_t5.items():
+    np.testing.assert_array_equal(flat[name], value)
+  flat_init = {'/'.join(k): v for k, v in traverse_util.flatten_dict(initial).items()}
+  for name in report['initialised']:
+    np.testing.assert_array_equal(flat[name], flat_init[name])
+
+
+def test_shape_mismatch_is_named(tmp_path):
+  directory = str(tmp_path / 'checkpoint_1')
+  _write_legacy_t5x(directory, _t5_params())
+  initial = jax.tree.map(np.asarray, init_params(tiny_config('global', mlp_dim=40)))
+  with pytest.raises(checkpoints.CheckpointError, match='mlp/wi_0/kernel: checkpoint'):
+    checkpoints.merge_params(initial, checkpoints.load_params(directory))
+
+
+def test_not_a_checkpoint_is_reported(tmp_path):
+  with pytest.raises(checkpoints.CheckpointError, match='No orbax checkpoint'):
+    checkpoints.load_params(str(tmp_path))
+
+
+@pytest.mark.parametrize('variant', ['global', 'adapter'])
+def test_remat_changes_nothing_but_memory(variant):
+  cfg = tiny_config(variant)
+  params = init_params(cfg)
+  x = random_tokens(0, (2, 7))
+  y = random_tokens(1, (2, 5))
+  batch = (x, shift_right(y), y)
+  ids = np.array([0, 2], np.int32)
+
+  def loss(p, c):
+    return Transformer(c).apply({'params': p}, *batch, enable_dropout=False,
+                                task_ids=ids).sum()
+  plain = jax.jit(jax.value_and_grad(lambda p: loss(p, cfg)))(params)
+  remat = jax.jit(jax.value_and_grad(lambda p: loss(p, dataclasses.replace(cfg, remat=True))))(
+      params)
+  np.testing.assert_allclose(plain[0], remat[0], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), plain[1],
+               remat[1])
