@@ -2,7 +2,9 @@
 
     python benchmarks/step_time.py [--repeats 30]
 
-A small T5.1.1-shaped config, prompt_length 16, 128 input and 32 target tokens, batch 8.
+A small T5.1.1-shaped config (d 256, 4+4 layers, 8 tasks), prompt_length 16, 128 input and
+32 target tokens, batch 32 (--batch to change it: the hypernetworks' cost is per step, so it
+weighs more on smaller batches).
 Each repeat times one jitted step (loss, gradients, Adafactor update) per variant in turn;
 the figure is the minimum over repeats, so that background noise cancels out.
 """
@@ -52,11 +54,13 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--repeats', type=int, default=30)
   parser.add_argument('--variants', default=','.join(VARIANTS))
+  parser.add_argument('--batch', type=int, default=32)
   args = parser.parse_args()
   rng = np.random.RandomState(0)
-  batch = {'inputs': jnp.asarray(rng.randint(1, 1024, (8, 128)), jnp.int32),
-           'targets': jnp.asarray(rng.randint(1, 1024, (8, 32)), jnp.int32),
-           'task_ids': jnp.asarray(rng.randint(0, 8, (8,)), jnp.int32)}
+  b = args.batch
+  batch = {'inputs': jnp.asarray(rng.randint(1, 1024, (b, 128)), jnp.int32),
+           'targets': jnp.asarray(rng.randint(1, 1024, (b, 32)), jnp.int32),
+           'task_ids': jnp.asarray(rng.randint(0, 8, (b,)), jnp.int32)}
   batch['dec_inputs'] = jnp.pad(batch['targets'][:, :-1], ((0, 0), (1, 0)))
   steps = {}
   for variant in args.variants.split(','):
@@ -71,7 +75,8 @@ def main():
       start = time.perf_counter()
       run()
       best[variant] = min(best[variant], time.perf_counter() - start)
-  print(f'device: {jax.devices()[0].device_kind}; min of {args.repeats} alternating repeats')
+  print(f'device: {jax.devices()[0].device_kind}; batch {args.batch}; min of {args.repeats} '
+        'alternating repeats')
   print('| variant | step ms | / mtl |')
   print('|---|---:|---:|')
   for variant, seconds in best.items():

@@ -98,6 +98,7 @@ class HyperPromptGenerator(nn.Module):
     dt = cfg.dtype
     P = self.prompts.astype(dt)  # [T, l, d]
     w = {k: v.astype(dt) for k, v in self.weights.items()}
+    I = self.layer_task_embedding(layer) if cfg.variant == 'global' else None  # [T, t]
     out = []
     for kind in ('key', 'value'):
       down, up = w[f'{kind}_down'], w[f'{kind}_up']
@@ -107,10 +108,11 @@ class HyperPromptGenerator(nn.Module):
       elif cfg.variant == 'sep':
         hidden = nn.relu(jnp.einsum('tld,tdb->tlb', P, down[layer]))
         prompt = jnp.einsum('tlb,tbk->tlk', hidden, up[layer])
-      else:
-        I = self.layer_task_embedding(layer)  # [T, t]
-        hidden = nn.relu(jnp.einsum('tld,xdb,tx->tlb', P, down, I))
-        prompt = jnp.einsum('tlb,xbk,tx->tlk', hidden, up, I)
+      else:  # generate D^m_tau and U^m_tau first: far cheaper than contracting P first
+        local_down = jnp.einsum('tx,xdb->tdb', I, down)  # [T, d, b]
+        local_up = jnp.einsum('tx,xbk->tbk', I, up)  # [T, b, h*d_h]
+        hidden = nn.relu(jnp.einsum('tld,tdb->tlb', P, local_down))
+        prompt = jnp.einsum('tlb,tbk->tlk', hidden, local_up)
       out.append(prompt.reshape(prompt.shape[:2] + (cfg.num_heads, cfg.head_dim)))
     return tuple(out)
 

@@ -6,9 +6,9 @@ scoring and decoding, including the cache initialisation; under beam search they
 expanded by `num_decodes` exactly as t5x expands the batch.
 """
 
-import functools
 from typing import Any, Mapping, Optional
 
+import gin
 import jax.numpy as jnp
 from t5x import adafactor, models
 
@@ -88,3 +88,9 @@ class HyperPromptEncoderDecoderModel(models.EncoderDecoderModel):
           prompt_with_targets=prompt_with_targets)
     finally:
       self.module = module
+
+
+@gin.configurable
+def _built_model(model=gin.REQUIRED):
+  """gin's MODEL, built (for checking gin/t5x files without running t5x's launcher)."""
+  return model

@@ -83,3 +83,19 @@ def test_factor_and_axis_rules_cover_our_axes():
   rules = t5x_model.logical_factor_rules()
   assert rules['tasks'] == adafactor.FactorDim.BATCH and rules['embed'] == adafactor.FactorDim.ROW
   assert ('tasks', None) in t5x_model.additional_axis_rules()
+
+
+@pytest.mark.parametrize('size', ['small', 'base', 'xxl'])
+def test_t5x_model_gin_files_build_the_model(size):
+  import gin  # pylint: disable=g-import-not-at-top
+  from hyperprompt_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  gin.add_config_file_search_path(gin_utils.GIN_DIR)
+  gin.parse_config_files_and_bindings(
+      [f'{gin_utils.GIN_DIR}/t5x/models/{size}.gin', f'{gin_utils.GIN_DIR}/variants/global.gin'],
+      ['DROPOUT_RATE = 0.1', 'hyperprompt_jax.t5x_model._built_model.model = %MODEL'])
+  model = t5x_model._built_model()  # pylint: disable=protected-access
+  gin.clear_config()
+  assert isinstance(model, t5x_model.HyperPromptEncoderDecoderModel)
+  assert model.module.config.variant == 'global' and model.module.config.dropout_rate == 0.1
+  assert model.FEATURE_CONVERTER_CLS is hyperprompt_tasks.TaskIdEncDecFeatureConverter
