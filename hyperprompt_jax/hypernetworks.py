@@ -9,7 +9,6 @@ b hypernetwork bottleneck, t' task/layer embedding size, t layer-aware task embe
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -29,11 +28,12 @@ class TaskProjector(nn.Module):
 
   @nn.compact
   def __call__(self, task_embedding, layer_embedding):
+    """task_embedding [T, t'], layer_embedding [M, t'] -> I [M, T, t]."""
     cfg = self.config
     t_in, t = cfg.task_embedding_dim, cfg.layer_task_embedding_dim
-    num_tasks = task_embedding.shape[0]
-    x = jnp.concatenate(
-        [task_embedding, jnp.broadcast_to(layer_embedding, (num_tasks, t_in))], axis=-1)  # [T, 2t']
+    shape = (layer_embedding.shape[0], task_embedding.shape[0], t_in)
+    x = jnp.concatenate([jnp.broadcast_to(task_embedding[None], shape),
+                         jnp.broadcast_to(layer_embedding[:, None], shape)], axis=-1)  # [M, T, 2t']
     w0 = param_with_axes('hidden_kernel', _fan_in(0, 1), (2 * t_in, t), jnp.float32,
                          axes=('task_embed', 'hyper_hidden'))
     b0 = param_with_axes('hidden_bias', nn.initializers.zeros, (t,), jnp.float32,
@@ -43,8 +43,8 @@ class TaskProjector(nn.Module):
     b1 = param_with_axes('out_bias', nn.initializers.zeros, (t,), jnp.float32,
                          axes=('hyper_embed',))
     dt = cfg.dtype
-    h = nn.relu(x.astype(dt) @ w0.astype(dt) + b0.astype(dt))  # [T, t]
-    return h @ w1.astype(dt) + b1.astype(dt)  # [T, t]
+    h = nn.relu(x.astype(dt) @ w0.astype(dt) + b0.astype(dt))  # [M, T, t]
+    return h @ w1.astype(dt) + b1.astype(dt)  # [M, T, t]
 
 
 class HyperPromptGenerator(nn.Module):
@@ -92,34 +92,36 @@ class HyperPromptGenerator(nn.Module):
         weights[f'{kind}_{part}'] = param_with_axes(name, init, shape, jnp.float32, axes=axes)
     self.weights = weights
 
-  def __call__(self, layer: int):
-    """Prompts of prompted layer `layer` (0-based across stacks): two [T, l, h, d_h]."""
+  def __call__(self, start: int, count: int):
+    """Prompts of prompted layers start .. start+count-1 (0-based across stacks), all at once
+    (one batched computation per stack, not one per layer): two [count, T, l, h, d_h]."""
     cfg = self.config
     dt = cfg.dtype
+    layers = slice(start, start + count)
     P = self.prompts.astype(dt)  # [T, l, d]
     w = {k: v.astype(dt) for k, v in self.weights.items()}
-    I = self.layer_task_embedding(layer) if cfg.variant == 'global' else None  # [T, t]
+    I = self.layer_task_embedding(layers) if cfg.variant == 'global' else None  # [M, T, t]
     out = []
     for kind in ('key', 'value'):
       down, up = w[f'{kind}_down'], w[f'{kind}_up']
       if cfg.variant == 'share':
-        hidden = nn.relu(jnp.einsum('tld,db->tlb', P, down[layer]))  # [T, l, b]
-        prompt = jnp.einsum('tlb,bk->tlk', hidden, up[layer])  # [T, l, h*d_h]
+        hidden = nn.relu(jnp.einsum('tld,mdb->mtlb', P, down[layers]))  # [M, T, l, b]
+        prompt = jnp.einsum('mtlb,mbk->mtlk', hidden, up[layers])  # [M, T, l, h*d_h]
       elif cfg.variant == 'sep':
-        hidden = nn.relu(jnp.einsum('tld,tdb->tlb', P, down[layer]))
-        prompt = jnp.einsum('tlb,tbk->tlk', hidden, up[layer])
+        hidden = nn.relu(jnp.einsum('tld,mtdb->mtlb', P, down[layers]))
+        prompt = jnp.einsum('mtlb,mtbk->mtlk', hidden, up[layers])
       else:  # generate D^m_tau and U^m_tau first: far cheaper than contracting P first
-        local_down = jnp.einsum('tx,xdb->tdb', I, down)  # [T, d, b]
-        local_up = jnp.einsum('tx,xbk->tbk', I, up)  # [T, b, h*d_h]
-        hidden = nn.relu(jnp.einsum('tld,tdb->tlb', P, local_down))
-        prompt = jnp.einsum('tlb,tbk->tlk', hidden, local_up)
-      out.append(prompt.reshape(prompt.shape[:2] + (cfg.num_heads, cfg.head_dim)))
+        local_down = jnp.einsum('mtx,xdb->mtdb', I, down)  # [M, T, d, b]
+        local_up = jnp.einsum('mtx,xbk->mtbk', I, up)  # [M, T, b, h*d_h]
+        hidden = nn.relu(jnp.einsum('tld,mtdb->mtlb', P, local_down))
+        prompt = jnp.einsum('mtlb,mtbk->mtlk', hidden, local_up)
+      out.append(prompt.reshape(prompt.shape[:3] + (cfg.num_heads, cfg.head_dim)))
     return tuple(out)
 
-  def layer_task_embedding(self, layer: int):
-    """I^m = h_t([k ; z_m]) for every task: [T, t] ('global' only)."""
+  def layer_task_embedding(self, layers: slice):
+    """I^m = h_t([k ; z_m]) for every task and the given layers: [M, T, t] ('global')."""
     dt = self.config.dtype
-    return self.projector(self.task_embedding.astype(dt), self.layer_embedding[layer].astype(dt))
+    return self.projector(self.task_embedding.astype(dt), self.layer_embedding[layers].astype(dt))
 
 
 def batch_prompts(prompt_key, prompt_value, task_ids, query_segments):
@@ -213,7 +215,8 @@ class HyperAdapterGenerator(nn.Module):
 
   def __call__(self, layer: int) -> AdapterWeights:
     dt = self.config.dtype
-    I = self.projector(self.task_embedding.astype(dt), self.layer_embedding[layer].astype(dt))
+    I = self.projector(self.task_embedding.astype(dt),
+                       self.layer_embedding[layer][None].astype(dt))[0]  # [T, t]
     g = {k: v.astype(dt) for k, v in self.generators.items()}
     return AdapterWeights(  # each with a leading task axis [T, ...]
         down=jnp.einsum('tx,xda->tda', I, g['down']),

@@ -95,11 +95,19 @@ def _relpos(cfg):
                                        name='relpos_bias')
 
 
-def _layer_conditioning(cfg, stack, layer, prompt_gen, prompt_offset, adapter_gen,
-                        adapter_offset, task_ids, query_segments):
+def _stack_prompts(cfg, stack, prompt_gen, prompt_offset):
+  """Every prompted layer's key/value prompts of a stack, generated together, or None."""
+  count = cfg.prompted_layers(stack)
+  if prompt_gen is None or not count:
+    return None
+  return prompt_gen(prompt_offset, count)  # two [layers, T, l, heads, head_dim]
+
+
+def _layer_conditioning(layer, stack_prompts, adapter_gen, adapter_offset, task_ids,
+                        query_segments):
   prompts = adapter = None
-  if prompt_gen is not None and cfg.prompted_layers(stack):
-    pk, pv = prompt_gen(prompt_offset + layer)  # [T, l, heads, head_dim] each
+  if stack_prompts is not None:
+    pk, pv = stack_prompts[0][layer], stack_prompts[1][layer]  # [T, l, heads, head_dim]
     prompts = batch_prompts(pk, pv, task_ids, query_segments)
   if adapter_gen is not None:
     adapter = adapter_gen(adapter_offset + layer)
@@ -129,10 +137,10 @@ class Encoder(nn.Module):
       query_segments = segment_ids if task_ids.ndim == 2 else real
       if segment_ids is not None and task_ids.ndim == 1:
         query_segments = segment_ids > 0
+    stack_prompts = _stack_prompts(cfg, 'encoder', self.prompt_generator, self.prompt_offset)
     for i in range(cfg.num_encoder_layers):
-      prompts, adapter = _layer_conditioning(
-          cfg, 'encoder', i, self.prompt_generator, self.prompt_offset, self.adapter_generator,
-          0, task_ids, query_segments)
+      prompts, adapter = _layer_conditioning(i, stack_prompts, self.adapter_generator, 0,
+                                             task_ids, query_segments)
       layer = nn.remat(EncoderLayer, static_argnums=(3,)) if cfg.remat else EncoderLayer
       x = layer(cfg, rel_emb, name=f'layers_{i}')(
           x, encoder_mask, deterministic, prompts, adapter, tasks)
@@ -162,10 +170,10 @@ class Decoder(nn.Module):
       query_segments = segment_ids if task_ids.ndim == 2 else query_real
       if segment_ids is not None and task_ids.ndim == 1:
         query_segments = segment_ids > 0
+    stack_prompts = _stack_prompts(cfg, 'decoder', self.prompt_generator, self.prompt_offset)
     for i in range(cfg.num_decoder_layers):
-      prompts, adapter = _layer_conditioning(
-          cfg, 'decoder', i, self.prompt_generator, self.prompt_offset, self.adapter_generator,
-          self.adapter_offset, task_ids, query_segments)
+      prompts, adapter = _layer_conditioning(i, stack_prompts, self.adapter_generator,
+                                             self.adapter_offset, task_ids, query_segments)
       layer = (nn.remat(DecoderLayer, static_argnums=(5, 6, 7)) if cfg.remat and not decode
                else DecoderLayer)
       y = layer(cfg, rel_emb, name=f'layers_{i}')(

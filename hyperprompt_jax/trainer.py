@@ -6,7 +6,7 @@ partitioning rules; `train.py` / `eval.py` / `infer.py` configure it with gin.
 
 import dataclasses
 import re
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp

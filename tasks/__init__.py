@@ -12,6 +12,10 @@ from hyperprompt_tasks.feature_converter import TaskIdEncDecFeatureConverter
 from hyperprompt_tasks.task_table import TASK_IDS, num_tasks, task_id
 from hyperprompt_tasks.vocab import demo_vocabulary, task_vocabulary
 
+__all__ = ['TASK_IDS', 'TaskIdEncDecFeatureConverter', 'benchmarks', 'demo', 'demo_vocabulary',
+           'get_mixture_or_task', 'metrics', 'num_tasks', 'task_id', 'task_ids_of',
+           'task_table', 'task_vocabulary']
+
 if 'hyperprompt_demo' not in seqio.MixtureRegistry.names():
   benchmarks.register_all()
   demo.register_all()

@@ -7,7 +7,6 @@ Mixtures: hyperprompt_glue, hyperprompt_super_glue (proportional to real train s
 at 2**19 examples), and *_temperature (rates ** (1/2)); `register_mixture` makes others.
 """
 
-import functools
 from typing import Optional
 
 import seqio

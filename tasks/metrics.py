@@ -3,7 +3,7 @@
 import collections
 import re
 import string
-from typing import Dict, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import scipy.stats

@@ -104,3 +104,10 @@ def test_remat_changes_nothing_but_memory(variant):
   np.testing.assert_allclose(plain[0], remat[0], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), plain[1],
                remat[1])
+
+
+def test_our_checkpoint_exports_to_the_t5x_layout_and_reads_back(tmp_path):
+  params = jax.tree.map(np.asarray, init_params(tiny_config('global')))
+  path = t5x_checkpoints.save_t5x_checkpoint(params, str(tmp_path), 42)
+  assert path.endswith('checkpoint_42') and t5x_checkpoints.is_t5x_checkpoint(path)
+  jax.tree.map(np.testing.assert_array_equal, checkpoints.load_params(path), params)

@@ -1,10 +1,7 @@
 """Hugging Face T5 / T5.1.1 weights convert into our tree and give the same logits (skipped
 without the `hf` extra: transformers, torch, safetensors)."""
 
-import json
-import os
 
-import jax
 import numpy as np
 import pytest
 

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import pytest
-from flax.linen import partitioning as nn_partitioning
 
 from hyperprompt_jax import param_report, partitioning
 from hyperprompt_jax.network import Transformer

@@ -4,7 +4,6 @@ scoring and decoding, and beam search expands them with the batch."""
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

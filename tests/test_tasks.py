@@ -1,7 +1,6 @@
 """Tasks: text-to-text casting and task ids (TFDS mock data), metrics, mixtures, converter."""
 
 import collections
-import os
 import subprocess
 import sys
 import time

@@ -9,7 +9,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ['--gin.TASK_FEATURE_LENGTHS={"inputs": 64, "targets": 8}', '--gin.EVAL_EVERY_STEPS=0']
