@@ -80,7 +80,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           eval_every_steps: int = 0, eval_batch_size: int = 32,
           eval_max_examples: Optional[int] = None, pack: bool = True, max_segments: int = 8,
           trainable_regex: str = '.*', frozen_regex: Optional[str] = None,
-          num_microbatches: int = 1, z_loss: float = 1e-4) -> Dict:
+          num_microbatches: int = 1, z_loss: float = 1e-4,
+          report_every_seconds: float = 10.0) -> Dict:
   """Trains (or resumes) a run in `model_dir`; returns the last logged metrics."""
   prepare_model_dir(model_dir)
   if batch_size % num_microbatches:
@@ -138,6 +139,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                                                   reverse=True)}
   task_ids_present = set(hyperprompt_tasks.task_ids_of(mixture_or_task_name))
   last_record, last_saved, tick = {}, latest, time.time()
+  last_report = time.time()
 
   def save(step):
     nonlocal last_saved
@@ -171,6 +173,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
         metrics_log.write(record)
         writer.write_scalars(done, {k: v for k, v in record.items() if k != 'step'})
         last_record = record
+        if now - last_report >= report_every_seconds or done == train_steps:
+          last_report = now
+          log.info('step %d/%d  loss %.4f  %.1f steps/s', done, train_steps, loss,
+                   record['steps_per_second'])
     if done % save_every_steps == 0 or done == train_steps or preemption.requested:
       save(done)
     if eval_every_steps and (done % eval_every_steps == 0 or done == train_steps):

@@ -83,7 +83,7 @@ def test_eight_devices_with_four_model_partitions_match_one_device(tmp_path):
 
 def test_sigterm_saves_and_a_rerun_continues_with_identical_losses(tmp_path):
   full, cut = str(tmp_path / 'full'), str(tmp_path / 'cut')
-  steps = 40
+  steps = 60
   args = ['--gin_file=runs/demo.gin', f'--gin.MODEL_DIR={cut}', f'--gin.TRAIN_STEPS={steps}',
           '--gin.training.train.save_every_steps=1000', '--gin.network.HyperPromptConfig.dropout_rate=0.1',
           *FAST]
