@@ -1,0 +1,10 @@
+"""hyperprompt_jax: HyperPrompt (He et al., ICML 2022) for T5 in JAX/Flax.
+
+    from hyperprompt_jax.network import HyperPromptConfig, Transformer
+
+Command lines: `python -m hyperprompt_jax.train | eval | infer` (gin-configured),
+`python -m hyperprompt_jax.param_report`, `python -m hyperprompt_jax.hf_convert`,
+`python -m hyperprompt_jax.t5x_checkpoints`. Only `hyperprompt_jax.t5x_model` imports t5x.
+"""
+
+__version__ = '0.1.0'
