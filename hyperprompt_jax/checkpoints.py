@@ -14,8 +14,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
+from tensorflow.io import gfile
 
-from hyperprompt_jax import input_pipeline
+from hyperprompt_jax import files, input_pipeline
 
 log = logging.getLogger('hyperprompt_jax')
 
@@ -45,7 +46,7 @@ class CheckpointStore:
     self.model_dir = model_dir
     self.input_dir = os.path.join(model_dir, 'input_state')
     self.manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(model_dir), 'checkpoints'),
+        os.path.join(files.absolute(model_dir), 'checkpoints'),
         item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=False))
@@ -89,17 +90,18 @@ def load_params(path: str) -> Dict[str, Any]:
   from hyperprompt_jax import t5x_checkpoints  # pylint: disable=import-outside-toplevel
   if t5x_checkpoints.is_t5x_checkpoint(path):
     return t5x_checkpoints.load_t5x_params(path)
-  path = os.path.abspath(path)
+  path = files.absolute(path).rstrip('/')
   for candidate in (os.path.join(path, 'checkpoints'), path):
-    if os.path.isdir(candidate) and any(n.isdigit() for n in os.listdir(candidate)):
-      steps = sorted(int(n) for n in os.listdir(candidate) if n.isdigit())
+    names = [n.rstrip('/') for n in gfile.listdir(candidate)] if gfile.isdir(candidate) else []
+    steps = sorted(int(n) for n in names if n.isdigit())
+    if steps:
       path = os.path.join(candidate, str(steps[-1]))
       break
-  if not os.path.isdir(path):
+  if not gfile.isdir(path):
     raise CheckpointError(f'INITIAL_CHECKPOINT_PATH {path} is not a checkpoint directory.')
   for item in ('default', ''):
     directory = os.path.join(path, item) if item else path
-    if os.path.isdir(directory) and os.path.exists(os.path.join(directory, '_METADATA')):
+    if gfile.isdir(directory) and gfile.exists(os.path.join(directory, '_METADATA')):
       restored = ocp.StandardCheckpointer().restore(directory)
       return jax.tree.map(np.asarray, restored['params'])
   raise CheckpointError(f'No orbax checkpoint found at {path}: point INITIAL_CHECKPOINT_PATH '

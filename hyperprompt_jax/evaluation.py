@@ -8,9 +8,10 @@ from typing import Dict, Optional
 
 import numpy as np
 import seqio
+from tensorflow.io import gfile
 
 import hyperprompt_tasks
-from hyperprompt_jax import input_pipeline
+from hyperprompt_jax import files, input_pipeline
 from hyperprompt_jax.decoding import greedy_decode
 from hyperprompt_tasks import metrics as task_metrics
 from hyperprompt_tasks import task_table
@@ -88,19 +89,16 @@ def record_best(model_dir: str, step: int, results: Dict[str, Dict[str, float]])
   """Updates MODEL_DIR/eval/best.json: each task's best step and metrics so far, and the
   average of those bests (Raffel et al.'s convention)."""
   path = os.path.join(model_dir, 'eval', 'best.json')
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  gfile.makedirs(os.path.dirname(path))
   best = {'tasks': {}}
-  if os.path.exists(path):
-    with open(path) as f:
+  if gfile.exists(path):
+    with gfile.GFile(path) as f:
       best = json.load(f)
   for task, scores in results.items():
     score = task_metrics.task_score(scores)
     if task not in best['tasks'] or score > best['tasks'][task]['score']:
       best['tasks'][task] = {'step': step, 'score': score, 'metrics': scores}
   best['average_of_best'] = average_score({t: v['metrics'] for t, v in best['tasks'].items()})
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(best, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  files.write_text_atomic(path, json.dumps(best, indent=1, sort_keys=True))
   log.info('Best per task so far: %s', {t: v['step'] for t, v in best['tasks'].items()})
   return best

@@ -14,7 +14,7 @@ from typing import Dict, Optional
 import gin
 import jax
 
-from hyperprompt_jax import checkpoints, evaluation, gin_utils, trainer
+from hyperprompt_jax import checkpoints, evaluation, files, gin_utils, trainer
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
@@ -57,8 +57,8 @@ def evaluate_run(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = g
     if res:
       record['eval/average'] = evaluation.average_score(res)
     if jax.process_index() == 0:
-      with open(os.path.join(model_dir, 'metrics.jsonl'), 'a') as f:
-        f.write(json.dumps(record) + '\n')
+      path = os.path.join(model_dir, 'metrics.jsonl')
+      files.JsonlAppender(path, files.read_jsonl(path)).write(record)
       evaluation.record_best(model_dir, s, res)
     log.info('step %d: %s', s, record)
     print(json.dumps(record))

@@ -13,6 +13,7 @@ from typing import Dict, Optional
 
 import gin
 import seqio
+from tensorflow.io import gfile
 
 from hyperprompt_jax import run_eval as hp_eval
 from hyperprompt_jax import evaluation, gin_utils
@@ -29,7 +30,7 @@ def infer(*, model_dir: str = gin.REQUIRED, input_file: str = gin.REQUIRED,
           config: HyperPromptConfig = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUIRED,
           output_file: Optional[str] = None, step: Optional[int] = None,
           batch_size: int = 32) -> str:
-  with open(input_file) as f:
+  with gfile.GFile(input_file) as f:
     rows = [json.loads(line) for line in f if line.strip()]
   for i, row in enumerate(rows):
     if 'task' not in row or 'inputs' not in row:
@@ -43,7 +44,7 @@ def infer(*, model_dir: str = gin.REQUIRED, input_file: str = gin.REQUIRED,
                                       task_feature_lengths['targets'],
                                       task_feature_lengths['inputs'])
   output_file = output_file or os.path.join(model_dir, 'inference.jsonl')
-  with open(output_file, 'w') as f:
+  with gfile.GFile(output_file, 'w') as f:
     for row, out in zip(rows, outputs):
       f.write(json.dumps(dict(row, prediction=vocabulary.decode(out), step=step)) + '\n')
   log.info('Wrote %d predictions to %s', len(rows), output_file)

@@ -6,7 +6,6 @@ Writes MODEL_DIR/checkpoints, MODEL_DIR/metrics.jsonl (one JSON object per logge
 TensorBoard scalars and, with periodic evaluation, MODEL_DIR/eval/.
 """
 
-import json
 import logging
 import os
 import signal
@@ -19,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from clu import metric_writers, periodic_actions
+from tensorflow.io import gfile
 
 import hyperprompt_tasks
-from hyperprompt_jax import checkpoints, evaluation, gin_utils, input_pipeline, trainer
+from hyperprompt_jax import checkpoints, evaluation, files, gin_utils, input_pipeline, trainer
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
@@ -33,9 +33,9 @@ class TrainingError(RuntimeError):
 
 
 def prepare_model_dir(model_dir: str) -> None:
-  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+  if gfile.exists(model_dir) and not gfile.isdir(model_dir):
     raise TrainingError(f'MODEL_DIR {model_dir} is a file: pass a directory path.')
-  os.makedirs(model_dir, exist_ok=True)
+  gfile.makedirs(model_dir)
 
 
 class MetricsLog:
@@ -44,18 +44,14 @@ class MetricsLog:
 
   def __init__(self, model_dir: str, resume_step: int):
     self.path = os.path.join(model_dir, 'metrics.jsonl')
-    if jax.process_index() == 0 and os.path.exists(self.path):
-      with open(self.path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-      kept = [r for r in records if r.get('step', 0) <= resume_step]
-      with open(self.path, 'w') as f:
-        f.writelines(json.dumps(r) + '\n' for r in kept)
-    self.file = open(self.path, 'a') if jax.process_index() == 0 else None
+    self.appender = None
+    if jax.process_index() == 0:
+      kept = [r for r in files.read_jsonl(self.path) if r.get('step', 0) <= resume_step]
+      self.appender = files.JsonlAppender(self.path, kept)
 
   def write(self, record: Dict) -> None:
-    if self.file:
-      self.file.write(json.dumps(record) + '\n')
-      self.file.flush()
+    if self.appender is not None:
+      self.appender.write(record)
 
 
 class Preemption:
