@@ -196,13 +196,16 @@ class RelativePositionBiases(nn.Module):
 
 def attention_with_prompts(query, key, value, bias, prompt_key=None, prompt_value=None,
                            prompt_bias=None, dropout_rng=None, dropout_rate=0.0,
-                           deterministic=True, dtype=jnp.float32, float32_logits=False):
+                           deterministic=True, dtype=jnp.float32, float32_logits=False,
+                           return_weights=False):
   """Dot-product attention (no 1/sqrt(d) scaling, as in T5) over [prompts ; keys].
 
   query: [batch, q_len, heads, head_dim]; key, value: [batch, k_len, heads, head_dim];
   bias: broadcastable to [batch, heads, q_len, k_len] (masks + relative positions).
   prompt_key, prompt_value: [batch, p_len, heads, head_dim] or None; prompt_bias:
   broadcastable to [batch, heads, q_len, p_len] (masking only: prompts get no position bias).
+  With return_weights, also the attention weights [batch, heads, q_len, p_len+k_len] (before
+  dropout; prompt columns first).
   """
   if float32_logits:
     query, key = query.astype(jnp.float32), key.astype(jnp.float32)
@@ -217,12 +220,14 @@ def attention_with_prompts(query, key, value, bias, prompt_key=None, prompt_valu
     logits = jnp.concatenate([p_logits, logits], axis=-1)  # [batch, heads, q_len, p_len+k_len]
     value = jnp.concatenate([prompt_value.astype(value.dtype), value], axis=1)
   weights = jax.nn.softmax(logits).astype(dtype)
+  probabilities = weights
   if not deterministic and dropout_rate > 0.0:
     keep_shape = list(weights.shape)
     keep_shape[-2] = 1  # T5 broadcasts attention dropout over the query axis.
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, keep_shape)
     weights = weights * (keep.astype(dtype) / jnp.asarray(1.0 - dropout_rate, dtype))
-  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)  # [batch, q_len, heads, head_dim]
+  out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)  # [batch, q_len, heads, head_dim]
+  return (out, probabilities) if return_weights else out
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -260,11 +265,16 @@ class MultiHeadDotProductAttention(nn.Module):
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng('dropout')
-    x = attention_with_prompts(
+    x, weights = attention_with_prompts(
         query, key, value, attention_bias, prompt_key=prompt_key, prompt_value=prompt_value,
         prompt_bias=mask_to_bias(prompt_mask, self.dtype), dropout_rng=dropout_rng,
         dropout_rate=self.dropout_rate, deterministic=deterministic, dtype=self.dtype,
-        float32_logits=self.float32_logits)
+        float32_logits=self.float32_logits, return_weights=True)
+    if self.is_mutable_collection('intermediates'):  # for analysis.py; free otherwise
+      w = weights.astype(jnp.float32)  # [batch, heads, q_len, p_len + k_len]
+      p_len = 0 if prompt_key is None else prompt_key.shape[1]
+      self.sow('intermediates', 'prompt_mass', w[..., :p_len].sum(-1))  # [batch, heads, q]
+      self.sow('intermediates', 'entropy', -jnp.sum(w * jnp.log(w + 1e-20), axis=-1))
     return DenseGeneral(inputs_q.shape[-1], axis=(-2, -1), kernel_init=kernel_init,
                         kernel_axes=('joined_kv', 'embed'), dtype=self.dtype, name='out')(x)
 

@@ -1,0 +1,37 @@
+"""Attention analysis: prompt mass per encoder layer and entropies."""
+
+import numpy as np
+
+from hyperprompt_jax import analysis
+from hyperprompt_jax.network import Transformer
+from tests.helpers import init_params, random_tokens, tiny_config
+
+
+def test_prompt_mass_and_entropy_per_layer():
+  tokens = random_tokens(0, (3, 9), pad_from=[9, 5, 7])
+  ids = np.array([0, 1, 2], np.int32)
+  cfg = tiny_config('global')
+  stats = analysis.encoder_attention_stats(Transformer(cfg), init_params(cfg), tokens, ids)
+  assert stats['count'] == (9 + 5 + 7) * cfg.num_heads
+  mass = stats['prompt_mass'] / stats['count']
+  entropy = stats['entropy'] / stats['count']
+  assert mass.shape == (cfg.num_encoder_layers,) and ((mass > 0) & (mass < 1)).all()
+  # Each query spreads over at most l + its row's real keys.
+  assert ((entropy > 0) & (entropy <= np.log(cfg.prompt_length + 9))).all()
+  mtl = tiny_config('mtl')
+  base = analysis.encoder_attention_stats(Transformer(mtl), init_params(mtl), tokens, None)
+  assert (base['prompt_mass'] == 0).all() and (base['entropy'] > 0).all()
+
+
+def test_recording_attention_does_not_change_the_encoding():
+  cfg = tiny_config('share')
+  params = init_params(cfg)
+  tokens = random_tokens(1, (2, 6))
+  ids = np.array([1, 2], np.int32)
+  model = Transformer(cfg)
+  plain = model.apply({'params': params}, tokens, enable_dropout=False, task_ids=ids,
+                      method=Transformer.encode)
+  recorded, state = model.apply({'params': params}, tokens, enable_dropout=False, task_ids=ids,
+                                method=Transformer.encode, mutable=['intermediates'])
+  np.testing.assert_array_equal(np.asarray(plain), np.asarray(recorded))
+  assert 'prompt_mass' in state['intermediates']['encoder']['layers_0']['attention']
