@@ -4,6 +4,7 @@ The only place that runs steps. It composes the network, the seqio tasks and the
 partitioning rules; `train.py` / `eval.py` / `infer.py` configure it with gin.
 """
 
+import contextlib
 import dataclasses
 import re
 from typing import Dict, Optional
@@ -72,7 +73,6 @@ class Partitioner:
 
   def context(self):
     """Mesh and logical rules for tracing (activation constraints use both)."""
-    import contextlib
     stack = contextlib.ExitStack()
     stack.enter_context(jax.set_mesh(self.mesh))
     stack.enter_context(nn_partitioning.axis_rules(self.rules))
