@@ -16,7 +16,7 @@ import numpy as np
 import seqio
 
 import hyperprompt_tasks
-from hyperprompt_jax import gin_utils, input_pipeline
+from hyperprompt_jax import evaluation, gin_utils, input_pipeline
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
@@ -64,9 +64,8 @@ def attention_analysis(*, model_dir: str = gin.REQUIRED,
     examples = input_pipeline.eval_examples(task, task_feature_lengths, split, num_examples)
     for start in range(0, len(examples), batch_size):
       chunk = examples[start:start + batch_size]
-      tokens = np.zeros((len(chunk), task_feature_lengths['inputs']), np.int32)
-      for row, ex in enumerate(chunk):
-        tokens[row, :len(ex['inputs'])] = ex['inputs'][:tokens.shape[1]]
+      tokens = evaluation.pad_tokens([ex['inputs'] for ex in chunk],
+                                     task_feature_lengths['inputs'])
       ids = np.asarray([int(ex['task_ids'][0]) for ex in chunk], np.int32)
       stats = encoder_attention_stats(model, params, tokens, ids)
       for key in total:

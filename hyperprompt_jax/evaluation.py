@@ -19,7 +19,8 @@ from hyperprompt_tasks import task_table
 log = logging.getLogger('hyperprompt_jax')
 
 
-def _pad(rows, length):
+def pad_tokens(rows, length):
+  """Token lists -> int32 [len(rows), length], zero-padded (cut at length)."""
   out = np.zeros((len(rows), length), np.int32)
   for i, r in enumerate(rows):
     out[i, :min(len(r), length)] = r[:length]
@@ -33,7 +34,7 @@ def predict_tokens(model, params, inputs, task_ids, batch_size, max_length, inpu
     chunk = inputs[start:start + batch_size]
     ids = list(task_ids[start:start + batch_size])
     pad = batch_size - len(chunk)  # fixed shapes: one compilation
-    tokens = _pad(list(chunk) + [[0]] * pad, input_length)
+    tokens = pad_tokens(list(chunk) + [[0]] * pad, input_length)
     ids = np.asarray(ids + [0] * pad, np.int32)
     out = np.asarray(greedy_decode(model, params, tokens, ids, max_length=max_length))
     for row in out[:len(chunk)]:

@@ -10,6 +10,7 @@ variant files serve our trainer and t5x's launcher.
 import argparse
 import logging
 import os
+import re
 import sys
 from typing import List, Sequence
 
@@ -114,22 +115,22 @@ def run_main(fn, description: str, argv=None) -> None:
     parse_config(files, bindings, args.gin_search_paths)
     check_required_macros()
     fn()
-  except (ConfigError,) as e:
+  except ConfigError as e:
     sys.exit(f'error: {e}')
   except (ValueError, RuntimeError, TypeError) as e:
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if 'gin.REQUIRED' in str(e) or 'Required bindings' in str(e) or 'REQUIRED' in message:
-      missing = _required_name(str(e))
-      sys.exit(f'error: required gin macro or binding {missing} is missing: pass '
-               f'--gin.{missing}=... or a gin file that sets it.')
-    if getattr(e, 'hyperprompt_user_error', False) or isinstance(e, ValueError):
-      sys.exit(f'error: {message}')
-    raise
+    text = str(e).strip()
+    if 'Required bindings' in text:  # a configurable argument left unbound
+      missing = _required_name(text)
+      sys.exit(f'error: required gin binding {missing} is missing: pass --gin.{missing}=... '
+               'or a gin file that sets it.')
+    if isinstance(e, TypeError) or os.environ.get('HYPERPROMPT_DEBUG'):
+      raise  # a programming error, or asked for: the full traceback
+    sys.exit(f'error: {text.splitlines()[0] if text else type(e).__name__} '
+             '(HYPERPROMPT_DEBUG=1 shows the traceback)')
 
 
 def _required_name(text: str) -> str:
-  import re
-  for pattern in (r"macro '?%?([A-Z_][A-Z0-9_]*)", r"'([A-Za-z_.]+)'", r'\[([^\]]+)\]'):
+  for pattern in (r"\['([A-Za-z_.]+)'", r"'([A-Za-z_.]+)'"):
     m = re.search(pattern, text)
     if m:
       return m.group(1).strip("'\" ")

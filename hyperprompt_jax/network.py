@@ -103,6 +103,17 @@ def _stack_prompts(cfg, stack, prompt_gen, prompt_offset):
   return prompt_gen(prompt_offset, count)  # two [layers, T, l, heads, head_dim]
 
 
+def _task_context(task_ids, segment_ids, length, real):
+  """Per-token tasks [batch, length] and each query's segment for the prompt mask
+  (segment ids when packed, real-token flags otherwise), or (None, None) for 'mtl'."""
+  if task_ids is None:
+    return None, None
+  tasks = token_tasks(task_ids, segment_ids, length)
+  if segment_ids is None:
+    return tasks, real
+  return tasks, segment_ids if task_ids.ndim == 2 else segment_ids > 0
+
+
 def _layer_conditioning(layer, stack_prompts, adapter_gen, adapter_offset, task_ids,
                         query_segments):
   prompts = adapter = None
@@ -131,12 +142,7 @@ class Encoder(nn.Module):
     if input_prompts is not None:  # 'prompt_tuning': [batch, l, embed] before the tokens
       x = jnp.concatenate([input_prompts.astype(x.dtype), x], axis=1)
     x = _dropout(cfg, x, deterministic).astype(cfg.dtype)
-    tasks = query_segments = None
-    if task_ids is not None:
-      tasks = token_tasks(task_ids, segment_ids, x.shape[1])  # [batch, len]
-      query_segments = segment_ids if task_ids.ndim == 2 else real
-      if segment_ids is not None and task_ids.ndim == 1:
-        query_segments = segment_ids > 0
+    tasks, query_segments = _task_context(task_ids, segment_ids, x.shape[1], real)
     stack_prompts = _stack_prompts(cfg, 'encoder', self.prompt_generator, self.prompt_offset)
     for i in range(cfg.num_encoder_layers):
       prompts, adapter = _layer_conditioning(i, stack_prompts, self.adapter_generator, 0,
@@ -164,12 +170,7 @@ class Decoder(nn.Module):
     rel_emb = _relpos(cfg)
     y = self.shared_embedding(decoder_input_tokens.astype('int32'))  # [batch, len, embed]
     y = _dropout(cfg, y, deterministic).astype(cfg.dtype)
-    tasks = query_segments = None
-    if task_ids is not None:
-      tasks = token_tasks(task_ids, segment_ids, y.shape[1])  # [batch, len]
-      query_segments = segment_ids if task_ids.ndim == 2 else query_real
-      if segment_ids is not None and task_ids.ndim == 1:
-        query_segments = segment_ids > 0
+    tasks, query_segments = _task_context(task_ids, segment_ids, y.shape[1], query_real)
     stack_prompts = _stack_prompts(cfg, 'decoder', self.prompt_generator, self.prompt_offset)
     for i in range(cfg.num_decoder_layers):
       prompts, adapter = _layer_conditioning(i, stack_prompts, self.adapter_generator,

@@ -8,9 +8,9 @@ import dataclasses
 from typing import Dict
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from hyperprompt_jax import trainer
 from hyperprompt_jax.config import VARIANTS, HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
@@ -37,10 +37,7 @@ def t511_config(size: str, **overrides) -> HyperPromptConfig:
 
 def param_shapes(config: HyperPromptConfig):
   """The 'params' tree of ShapeDtypeStructs, without allocating anything."""
-  tokens = jnp.ones((1, 4), jnp.int32)
-  model = Transformer(config)
-  init = lambda rng: model.init(rng, tokens, tokens, tokens, enable_dropout=False)
-  return jax.eval_shape(init, jax.random.PRNGKey(0))['params']
+  return trainer.init_variables_abstract(Transformer(config))['params']
 
 
 def count(tree) -> int:

@@ -9,6 +9,7 @@ import dataclasses
 import re
 from typing import Dict, Optional
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +27,7 @@ BATCH_KEYS_PACKED = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_posi
                      'decoder_positions')
 # Parameters of the task conditioning (everything that is not T5): see options/freeze_backbone.gin.
 CONDITIONING_PARAMS_REGEX = r'^(hyperprompt|encoder_hyperprompt|decoder_hyperprompt|input_prompts|hyperformer)/|/adapter/'
+gin.constant('hyperprompt_jax.CONDITIONING_PARAMS', CONDITIONING_PARAMS_REGEX)
 
 
 def cross_entropy_with_z_loss(logits, targets, z_loss: float):
@@ -178,14 +180,16 @@ def check_num_tasks(config: HyperPromptConfig, task_ids) -> None:
                      f'to at least {max(task_ids) + 1}.')
 
 
-def init_variables_abstract(model: Transformer):
+def init_fn(model: Transformer):
+  """rng -> all variables (params and params_axes), from dummy inputs of any length."""
   x = jnp.ones((1, 4), jnp.int32)
-  return jax.eval_shape(lambda r: model.init(r, x, x, x, enable_dropout=False),
-                        jax.random.PRNGKey(0))
+  return lambda rng: model.init(rng, x, x, x, enable_dropout=False)
+
+
+def init_variables_abstract(model: Transformer):
+  return jax.eval_shape(init_fn(model), jax.random.PRNGKey(0))
 
 
 def init_params(model: Transformer, seed: int, shardings):
-  x = jnp.ones((1, 4), jnp.int32)
-  init = lambda r: model.init(r, x, x, x, enable_dropout=False)['params']
-  return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
-
+  init = init_fn(model)
+  return jax.jit(lambda r: init(r)['params'], out_shardings=shardings)(jax.random.PRNGKey(seed))

@@ -29,7 +29,7 @@ log = logging.getLogger('hyperprompt_jax')
 
 
 class TrainingError(RuntimeError):
-  hyperprompt_user_error = True
+  """A run that cannot go on; the message names the fix."""
 
 
 def prepare_model_dir(model_dir: str) -> None:

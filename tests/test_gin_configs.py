@@ -83,3 +83,17 @@ def test_a_missing_required_macro_is_named():
   with pytest.raises(gin_utils.ConfigError, match='BATCH_SIZE'):
     gin_utils.check_required_macros()
   gin.clear_config()
+
+
+@gin.configurable
+def _value(value=gin.REQUIRED):
+  return value
+
+
+def test_freeze_backbone_binds_the_conditioning_regex():
+  from hyperprompt_jax import trainer  # pylint: disable=g-import-not-at-top
+  _parse(['runs/demo.gin', 'options/freeze_backbone.gin'])
+  ref = repr(gin.query_parameter('hyperprompt_jax.training.train.trainable_regex'))
+  gin.parse_config(f'tests.test_gin_configs._value.value = {ref}')
+  assert _value() == trainer.CONDITIONING_PARAMS_REGEX
+  gin.clear_config()

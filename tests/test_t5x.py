@@ -76,6 +76,7 @@ def test_greedy_decoding_matches_our_decoder_and_depends_on_the_task():
   np.testing.assert_array_equal(np.asarray(t5x_out), np.asarray(ours))
   other, _ = model.predict_batch_with_aux(params, _batch([2, 2, 1]), rng=jax.random.PRNGKey(0))
   np.testing.assert_array_equal(np.asarray(other)[[0, 2]], np.asarray(t5x_out)[[0, 2]])
+  assert not np.array_equal(np.asarray(other)[1], np.asarray(t5x_out)[1])  # row 1: task 0 -> 2
 
 
 def test_factor_and_axis_rules_cover_our_axes():

@@ -1,0 +1,61 @@
+"""The train step: microbatching and the trainable-parameter filter."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from hyperprompt_jax import trainer
+from hyperprompt_jax.network import Transformer
+from tests.helpers import init_params, random_tokens, shift_right, tiny_config
+
+
+def _batch():
+  targets = random_tokens(2, (4, 5), pad_from=[5, 3, 4, 5])
+  return {'encoder_input_tokens': random_tokens(1, (4, 7)),
+          'decoder_target_tokens': targets, 'decoder_input_tokens': shift_right(targets),
+          'decoder_loss_weights': (targets > 0).astype(np.int32),
+          'task_ids': np.array([0, 1, 2, 1], np.int32)}
+
+
+def test_microbatching_gives_the_same_update():
+  """Gradients accumulated over 2 microbatches equal one full-batch gradient."""
+  cfg = tiny_config('global')
+  model = Transformer(cfg)
+  params = init_params(cfg)
+  batch = _batch()
+  optimizer = optax.sgd(1.0)
+  out = []
+  for k in (1, 2):
+    state = {'step': np.int32(0), 'params': params, 'opt_state': optimizer.init(params)}
+    step = jax.jit(trainer.make_train_step(model, optimizer, cfg.num_tasks, num_microbatches=k))
+    out.append(step(state, batch))
+  np.testing.assert_allclose(out[0][1]['loss'], out[1][1]['loss'], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               out[0][0]['params'], out[1][0]['params'])
+
+
+@pytest.mark.parametrize('variant', ['global', 'adapter'])
+@pytest.mark.parametrize('frozen_backbone', [False, True])
+def test_one_step_changes_exactly_the_trainable_parameters(variant, frozen_backbone):
+  cfg = tiny_config(variant)
+  params = init_params(cfg)
+  regex = trainer.CONDITIONING_PARAMS_REGEX if frozen_backbone else '.*'
+  optimizer = trainer.make_optimizer(1e-2, params, trainable_regex=regex)
+  state = {'step': np.int32(0), 'params': params, 'opt_state': optimizer.init(params)}
+  step = jax.jit(trainer.make_train_step(Transformer(cfg), optimizer, cfg.num_tasks))
+  new, _ = step(state, _batch())
+  before = traverse_util.flatten_dict(params, sep='/')
+  after = traverse_util.flatten_dict(new['params'], sep='/')
+  conditioning = {k for k in before if k.startswith(('hyperprompt/', 'hyperformer/'))
+                  or '/adapter/' in k}
+  assert conditioning
+  for name in before:
+    changed = not np.array_equal(before[name], after[name])
+    assert changed == (name in conditioning or not frozen_backbone), name
+
+
+def test_a_filter_that_matches_nothing_is_an_error():
+  with pytest.raises(ValueError, match='No parameter matches'):
+    trainer.make_optimizer(1e-3, init_params(tiny_config('mtl')), trainable_regex='^nothing$')
