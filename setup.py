@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     'tensorstore==0.1.86',
 ]
 
+HF_REQUIRES = ['transformers==5.23.0', 'safetensors==0.8.0', 'torch==2.13.0']
+
 setup(
     name='hyperprompt_jax',
     version='0.1.0',
@@ -31,7 +33,8 @@ setup(
     package_data={'hyperprompt_tasks': ['data/*', 'vocab/*']},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        'test': ['pytest==9.2.0'],
-        'hf': ['transformers==5.23.0', 'safetensors==0.8.0', 'torch==2.13.0'],
+        'hf': HF_REQUIRES,
+        # The tests cover the Hugging Face conversion too (torch's CPU build, ~1 minute).
+        'test': ['pytest==9.2.0'] + HF_REQUIRES,
     },
 )

@@ -16,17 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperprompt_jax import trainer
-from hyperprompt_jax.config import HyperPromptConfig
+from hyperprompt_jax import gin_utils, models, param_report, trainer
 from hyperprompt_jax.network import Transformer
 
-DEMO = HyperPromptConfig(vocab_size=128, emb_dim=64, num_heads=4, head_dim=16, mlp_dim=256,
-                         num_encoder_layers=2, num_decoder_layers=2, num_tasks=5,
-                         mlp_activations=('gelu', 'linear'), dropout_rate=0.0, prompt_length=8,
-                         hyper_bottleneck=16, task_embedding_dim=16, layer_task_embedding_dim=16)
-SMALL = HyperPromptConfig(vocab_size=32128, emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024,
-                          num_encoder_layers=8, num_decoder_layers=8, num_tasks=8,
-                          mlp_activations=('gelu', 'linear'), dropout_rate=0.1)
+# Model shapes from the gin files (the one source of sizes); float32 on the CPU.
+DEMO = gin_utils.model_config(['models/demo.gin'])
+SMALL = param_report.size_config('small', dtype='float32', num_tasks=8)
 SETUPS = [('demo', DEMO, 16, 64, 8), ('t5.1.1-small', SMALL, 8, 128, 32)]
 
 
@@ -54,8 +49,7 @@ def measure(config, batch_size, inputs_len, targets_len, steps):
            'decoder_loss_weights': np.ones_like(targets),
            'task_ids': rng.randint(0, config.num_tasks, (batch_size,)).astype(np.int32)}
   model = Transformer(config)
-  x = jnp.ones((1, 4), jnp.int32)
-  params = model.init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)['params']
+  params = models.init_params(model, 0)
   optimizer = trainer.make_optimizer(1e-3, params)
   state = {'step': jnp.asarray(0, jnp.int32), 'params': params,
            'opt_state': optimizer.init(params)}

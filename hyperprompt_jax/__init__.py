@@ -2,9 +2,11 @@
 
     from hyperprompt_jax.network import HyperPromptConfig, Transformer
 
-Command lines: `python -m hyperprompt_jax.train | eval | infer` (gin-configured),
+Imports point one way: commands (train, eval, infer, analysis) -> trainer / evaluation /
+checkpoints -> models -> network -> hypernetworks, layers. Command lines:
+`python -m hyperprompt_jax.train | eval | infer | analysis` (gin-configured),
 `python -m hyperprompt_jax.param_report`, `python -m hyperprompt_jax.hf_convert`,
-`python -m hyperprompt_jax.t5x_checkpoints`. Only `hyperprompt_jax.t5x_model` imports t5x.
+`python -m hyperprompt_jax.checkpoints to-t5x`. Only `hyperprompt_jax.t5x_model` imports t5x.
 """
 
 __version__ = '0.1.0'

@@ -13,10 +13,9 @@ from typing import Dict, Optional, Sequence
 
 import gin
 import numpy as np
-import seqio
 
 import hyperprompt_tasks
-from hyperprompt_jax import evaluation, gin_utils, input_pipeline
+from hyperprompt_jax import checkpoints, evaluation, gin_utils, input_pipeline
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
@@ -52,13 +51,10 @@ def attention_analysis(*, model_dir: str = gin.REQUIRED,
                        num_examples: int = 100, batch_size: int = 50,
                        split: str = 'validation') -> Dict[str, Sequence[float]]:
   """Mean prompt attention mass and entropy per encoder layer over the mixture's tasks."""
-  from hyperprompt_jax import run_eval  # pylint: disable=import-outside-toplevel
   model = Transformer(config)
-  params, step = run_eval.restore_params(model, model_dir, step)
-  provider = hyperprompt_tasks.get_mixture_or_task(mixture_or_task_name)
-  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  params, step = checkpoints.restore_params(model, model_dir, step)
   total = {'prompt_mass': 0.0, 'entropy': 0.0, 'count': 0.0}
-  for task in tasks:
+  for task in hyperprompt_tasks.tasks_of(mixture_or_task_name):
     if split not in task.splits:
       continue
     examples = input_pipeline.eval_examples(task, task_feature_lengths, split, num_examples)
@@ -79,10 +75,8 @@ def attention_analysis(*, model_dir: str = gin.REQUIRED,
 
 
 def main(argv=None):
-  # Under `python -m` this file is __main__; gin binds the importable module's function.
-  from hyperprompt_jax import analysis  # pylint: disable=import-outside-toplevel,import-self
-  gin_utils.run_main(lambda: analysis.attention_analysis(), 'HyperPrompt attention analysis.',
-                     argv)
+  gin_utils.run_command('hyperprompt_jax.analysis', 'attention_analysis',
+                        'HyperPrompt attention analysis.', argv)
 
 
 if __name__ == '__main__':

@@ -1,14 +1,20 @@
-"""Checkpoints: orbax, written atomically, with the input position saved beside each step.
+"""Checkpoint I/O in one place: our runs' checkpoints (orbax, written atomically, with the
+input position beside each step), restoring a run's parameters, and reading any checkpoint
+as INITIAL_CHECKPOINT_PATH (ours or T5X's, via `t5x_format`). `hf_convert` builds on it.
 
 Layout under MODEL_DIR:
   checkpoints/<step>/      orbax (train state: step, params, optimizer state)
   input_state/step_<step>/ tf.data iterator position per host (written before the step's
                            orbax save finalises, so every finished checkpoint has one)
+
+    python -m hyperprompt_jax.checkpoints to-t5x --checkpoint MODEL_DIR --output DIR
+writes the run's parameters as DIR/checkpoint_<step> in t5x's layout.
 """
 
+import argparse
 import logging
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -16,7 +22,8 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from tensorflow.io import gfile
 
-from hyperprompt_jax import files, input_pipeline
+from hyperprompt_jax import files, input_pipeline, models, t5x_format
+from hyperprompt_jax.network import Transformer
 
 log = logging.getLogger('hyperprompt_jax')
 
@@ -70,26 +77,60 @@ class CheckpointStore:
     if jax.process_index() == 0:
       input_pipeline.prune_input_states(self.input_dir, set(self.manager.all_steps()))
 
-  def restore(self, step: int, abstract_state, iterator=None):
-    problems = shape_mismatches(self.stored_params(step), abstract_state['params'])
+  def check_fits(self, step: int, abstract_params) -> None:
+    problems = shape_mismatches(self.stored_params(step), abstract_params)
     if problems:
       raise CheckpointError(
           f'Checkpoint {step} in {self.model_dir} does not fit this model ({len(problems)} '
           f'differences, e.g. {problems[0]}): use a new MODEL_DIR or the gin config it was '
           'trained with.')
+
+  def restore(self, step: int, abstract_state, iterator=None):
+    """The whole train state, each array read straight into the sharding its abstract
+    leaf carries (every host reads only the slices its devices hold)."""
+    self.check_fits(step, abstract_state['params'])
     state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
     if iterator is not None and not iterator.restore(self.input_dir, step):
       log.warning('No saved input position for step %d: the input restarts.', step)
     return state
+
+  def restore_params(self, step: int, abstract_params):
+    """Only the parameters of a step (no optimizer state is read), into the shardings of
+    `abstract_params` (ShapeDtypeStructs; without a sharding: this process's first device)."""
+    self.check_fits(step, abstract_params)
+    directory = os.path.join(files.absolute(self.model_dir), 'checkpoints', str(step), 'default')
+    item = {'params': abstract_params}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args, partial_restore=True))
+    return restored['params']
+
+
+def restore_params(model: Transformer, model_dir: str, step: Optional[int] = None,
+                   shardings=None):
+  """(params, step) of `step` (default: the latest) of a run, checked against the model."""
+  store = CheckpointStore(model_dir)
+  steps = store.all_steps()
+  if not steps:
+    raise CheckpointError(f'No checkpoint in {model_dir}: train first or point MODEL_DIR at '
+                          'a run.')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise CheckpointError(f'Step {step} is not saved in {model_dir}; saved steps: {steps}.')
+  abstract = models.init_variables_abstract(model)['params']
+  if shardings is not None:
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            abstract, shardings)
+  return store.restore_params(step, abstract), step
 
 
 def load_params(path: str) -> Dict[str, Any]:
   """The 'params' tree (numpy) of a checkpoint: a T5X checkpoint_<step> directory (orbax or
   the legacy format of the public T5.1.1 checkpoints), or one of ours (a step directory, a
   checkpoints/ directory or a MODEL_DIR, whose latest step is taken)."""
-  from hyperprompt_jax import t5x_checkpoints  # pylint: disable=import-outside-toplevel
-  if t5x_checkpoints.is_t5x_checkpoint(path):
-    return t5x_checkpoints.load_t5x_params(path)
+  if t5x_format.is_t5x_checkpoint(path):
+    return t5x_format.load_t5x_params(path)
   path = files.absolute(path).rstrip('/')
   for candidate in (os.path.join(path, 'checkpoints'), path):
     names = [n.rstrip('/') for n in gfile.listdir(candidate)] if gfile.isdir(candidate) else []
@@ -127,3 +168,27 @@ def merge_params(initial, loaded) -> Tuple[Any, Dict[str, List[str]]]:
             'unused': sorted(k for k in load_flat if k not in init_flat)}
   tree = traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in merged.items()})
   return tree, report
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description='Checkpoint conversions.')
+  commands = parser.add_subparsers(dest='command', required=True)
+  export = commands.add_parser('to-t5x', help="write a run's parameters in t5x's layout")
+  export.add_argument('--checkpoint', required=True, help='MODEL_DIR or a step directory')
+  export.add_argument('--output', required=True, help='folder for checkpoint_<step>')
+  export.add_argument('--step', type=int, default=None,
+                      help="step number to record (default: the checkpoint's own)")
+  args = parser.parse_args(argv)
+  params = load_params(args.checkpoint)
+  step = args.step
+  if step is None:
+    name = os.path.basename(os.path.abspath(args.checkpoint).rstrip('/'))
+    step = int(name) if name.isdigit() else 0
+    steps_dir = os.path.join(args.checkpoint, 'checkpoints')
+    if os.path.isdir(steps_dir):
+      step = max(int(n) for n in os.listdir(steps_dir) if n.isdigit())
+  print(t5x_format.save_t5x_checkpoint(params, args.output, step))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,20 +1,21 @@
-"""Evaluation: greedy decoding per task, seqio postprocessors and metrics, benchmark average,
-and T5's convention of reporting each task's best checkpoint (MODEL_DIR/eval/best.json)."""
+"""Evaluation, shared by the trainer's periodic evaluation and the eval command: greedy
+decoding per task, seqio postprocessors and metrics, the benchmark average, the evaluation
+record both write (`eval/<task>/<metric>`, `eval/average`) and T5's convention of reporting
+each task's best checkpoint (MODEL_DIR/eval/best.json)."""
 
 import json
 import logging
 import os
 from typing import Dict, Optional
 
+import jax
 import numpy as np
-import seqio
 from tensorflow.io import gfile
 
 import hyperprompt_tasks
 from hyperprompt_jax import files, input_pipeline
-from hyperprompt_jax.decoding import greedy_decode
+from hyperprompt_jax.models import greedy_decode
 from hyperprompt_tasks import metrics as task_metrics
-from hyperprompt_tasks import task_table
 
 log = logging.getLogger('hyperprompt_jax')
 
@@ -47,10 +48,8 @@ def evaluate(model, params, mixture_or_task_name: str, task_feature_lengths: Dic
              batch_size: int, split: str = 'validation',
              max_examples: Optional[int] = None) -> Dict[str, Dict[str, float]]:
   """Metrics of every task of the mixture that has `split`: {task name: {metric: value}}."""
-  provider = hyperprompt_tasks.get_mixture_or_task(mixture_or_task_name)
-  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
   results = {}
-  for task in tasks:
+  for task in hyperprompt_tasks.tasks_of(mixture_or_task_name):
     if split not in task.splits or not task.metric_fns:
       continue
     examples = input_pipeline.eval_examples(task, task_feature_lengths, split, max_examples)
@@ -71,17 +70,9 @@ def evaluate(model, params, mixture_or_task_name: str, task_feature_lengths: Dic
   return results
 
 
-def _short(name: str) -> str:
-  for benchmark in task_table.TABLES:
-    prefix = f'hyperprompt_{benchmark}_'
-    if name.startswith(prefix):
-      return name[len(prefix):]
-  return name
-
-
 def average_score(results: Dict[str, Dict[str, float]]) -> float:
   """The benchmark average (GLUE / SuperGLUE / demo score) of the evaluated tasks."""
-  per_task = {_short(k): v for k, v in results.items()}
+  per_task = {hyperprompt_tasks.short_name(k): v for k, v in results.items()}
   tasks = [t for t in per_task if t != 'mnli_mismatched']
   return task_metrics.benchmark_score(per_task, tasks)
 
@@ -103,3 +94,26 @@ def record_best(model_dir: str, step: int, results: Dict[str, Dict[str, float]])
   files.write_text_atomic(path, json.dumps(best, indent=1, sort_keys=True))
   log.info('Best per task so far: %s', {t: v['step'] for t, v in best['tasks'].items()})
   return best
+
+
+def eval_record(step: int, results: Dict[str, Dict[str, float]]) -> Dict:
+  """The metrics.jsonl / TensorBoard record of one evaluation (no 'loss' key)."""
+  record = {'step': step}
+  for task, scores in results.items():
+    for metric, value in scores.items():
+      record[f'eval/{task}/{metric}'] = float(value)
+  if results:
+    record['eval/average'] = average_score(results)
+  return record
+
+
+def evaluate_step(model, params, mixture_or_task_name: str,
+                  task_feature_lengths: Dict[str, int], batch_size: int, model_dir: str,
+                  step: int, split: str = 'validation',
+                  max_examples: Optional[int] = None) -> Dict:
+  """Evaluates one step's params, updates best.json (process 0) and returns the record."""
+  results = evaluate(model, params, mixture_or_task_name, task_feature_lengths, batch_size,
+                     split=split, max_examples=max_examples)
+  if jax.process_index() == 0:
+    record_best(model_dir, step, results)
+  return eval_record(step, results)

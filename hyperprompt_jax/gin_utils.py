@@ -1,4 +1,5 @@
-"""gin plumbing shared by train / eval / infer: configurables, flags, one-line errors.
+"""What every command shares: gin flags and files, multi-process start-up, one-line errors,
+and model configs read from the gin files (the one source of model sizes).
 
 Flags follow t5x: --gin_file (repeatable, stacked in order), --gin_search_paths (comma
 separated), --gin.NAME=VALUE (a binding; a bare word is taken as a string, so
@@ -8,17 +9,21 @@ variant files serve our trainer and t5x's launcher.
 """
 
 import argparse
+import contextlib
+import importlib
 import logging
 import os
 import re
 import sys
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import gin
 
+from hyperprompt_jax.config import HyperPromptConfig
+from hyperprompt_jax.network import CONDITIONING_PARAMS_REGEX
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
-
+gin.constant('hyperprompt_jax.CONDITIONING_PARAMS', CONDITIONING_PARAMS_REGEX)
 
 
 class ConfigError(ValueError):
@@ -43,9 +48,27 @@ def parse_flags(argv: Sequence[str], description: str):
                       help='gin file (repeatable; later files override earlier ones)')
   parser.add_argument('--gin_search_paths', default='',
                       help='comma-separated folders in which gin files and includes are found')
+  parser.add_argument('--coordinator_address', default=None,
+                      help='host:port of process 0 for jax.distributed (several processes)')
+  parser.add_argument('--process_count', type=int, default=None,
+                      help='number of processes (with --coordinator_address)')
+  parser.add_argument('--process_index', type=int, default=None,
+                      help='this process (0 .. process_count-1)')
   gin_args = [a for a in argv if a.startswith('--gin.')]
   args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
   return args, args.gin_file, [_binding(a) for a in gin_args]
+
+
+@contextlib.contextmanager
+def quiet_include_search():
+  """gin logs an error for every search path an include is not found in: silence it."""
+  root = logging.getLogger()
+  level = root.level
+  root.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    root.setLevel(level)
 
 
 def parse_config(gin_files: List[str], bindings: List[str], search_paths: str = '') -> None:
@@ -62,11 +85,9 @@ def parse_config(gin_files: List[str], bindings: List[str], search_paths: str = 
       raise ConfigError(f'gin file {name} not found in the working directory or {paths}: '
                         'check the name or add its folder with --gin_search_paths.')
     resolved.append(hits[0])
-  root = logging.getLogger()
-  level = root.level
-  root.setLevel(logging.CRITICAL)  # includes are searched for the same way
   try:
-    gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
+    with quiet_include_search():
+      gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
   except (ValueError, IOError, KeyError, SyntaxError) as e:
     first = str(e).strip().splitlines()[0]
     if any(s in first for s in ('No configurable matching', "doesn't have a parameter",
@@ -74,8 +95,6 @@ def parse_config(gin_files: List[str], bindings: List[str], search_paths: str = 
       raise ConfigError(f'Unknown gin binding: {first} — check the spelling against the gin '
                         'files under gin/.') from None
     raise ConfigError(f'gin configuration error: {first}') from None
-  finally:
-    root.setLevel(level)
 
 
 def check_required_macros() -> None:
@@ -106,12 +125,53 @@ def setup_logging() -> None:
     log.propagate = False
 
 
+# Environment variables that say jax can find the other processes by itself.
+_CLUSTER_ENV = ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS',
+                'SLURM_JOB_ID', 'OMPI_COMM_WORLD_SIZE')
+
+
+def initialize_distributed(coordinator_address: Optional[str], process_count: Optional[int],
+                           process_index: Optional[int]) -> None:
+  """jax.distributed from t5x's flags; without them, jax's auto-detection where a cluster
+  announces itself (TPU VM pods, SLURM, Open MPI), else a single process. Call before
+  anything touches devices."""
+  explicit = (coordinator_address, process_count, process_index)
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      raise ConfigError('--coordinator_address, --process_count and --process_index go '
+                        'together: pass all three (or none, for auto-detection).')
+    if not 0 <= process_index < process_count:
+      raise ConfigError(f'--process_index={process_index} is outside [0, {process_count}).')
+    if process_count == 1:
+      return
+    import jax  # pylint: disable=import-outside-toplevel
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU processes only
+    jax.distributed.initialize(coordinator_address, process_count, process_index)
+    return
+  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  if os.environ.get('HYPERPROMPT_MULTIHOST') or any(
+      os.environ.get(k) for k in _CLUSTER_ENV if k != 'TPU_WORKER_HOSTNAMES') or ',' in hosts:
+    import jax  # pylint: disable=import-outside-toplevel
+    jax.distributed.initialize()
+
+
+def run_command(module: str, function: str, description: str, argv=None, show=None) -> None:
+  """A command's main: flags, jax.distributed, gin config, then `module.function()` (the
+  importable module's function, which gin binds, also when `module` runs as __main__)."""
+  def call():
+    result = getattr(importlib.import_module(module), function)()
+    if show is not None:
+      show(result)
+  run_main(call, description, argv)
+
+
 def run_main(fn, description: str, argv=None) -> None:
   """Parses flags and config, runs `fn()`, and turns configuration errors into one line."""
   setup_logging()
   argv = sys.argv[1:] if argv is None else argv
   try:
     args, files, bindings = parse_flags(argv, description)
+    initialize_distributed(args.coordinator_address, args.process_count, args.process_index)
     parse_config(files, bindings, args.gin_search_paths)
     check_required_macros()
     fn()
@@ -135,3 +195,25 @@ def _required_name(text: str) -> str:
     if m:
       return m.group(1).strip("'\" ")
   return '(see the gin file headers)'
+
+
+@gin.configurable
+def _model_config(config: HyperPromptConfig = gin.REQUIRED) -> HyperPromptConfig:
+  return config
+
+
+def model_config(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> HyperPromptConfig:
+  """The HyperPromptConfig that gin files (e.g. models/base.gin, variants/mtl.gin) and
+  bindings describe; gin's global state is left as it was found (empty)."""
+  gin.clear_config()
+  try:
+    gin.add_config_file_search_path(GIN_DIR)
+    gin.parse_config(['from __gin__ import dynamic_registration',
+                      'from hyperprompt_jax import gin_utils', 'from hyperprompt_jax import network',
+                      'gin_utils._model_config.config = @network.HyperPromptConfig()'])
+    paths = [f if os.path.isabs(f) else os.path.join(GIN_DIR, f) for f in gin_files]
+    with quiet_include_search():
+      gin.parse_config_files_and_bindings(paths, list(bindings), finalize_config=False)
+    return _model_config()
+  finally:
+    gin.clear_config()

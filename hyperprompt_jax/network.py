@@ -18,7 +18,28 @@ from hyperprompt_jax.hypernetworks import (HyperAdapterGenerator, HyperPromptGen
                                            batch_prompts)
 from hyperprompt_jax.task_ids import check_task_ids, token_tasks
 
-__all__ = ['HyperPromptConfig', 'Transformer']
+__all__ = ['HyperPromptConfig', 'Transformer', 'CONDITIONING_PARAMS_REGEX']
+
+# Names of the task-conditioning modules, i.e. of everything that is not T5.1.1.
+SHARED_HYPERPROMPT = 'hyperprompt'            # one generator for both stacks
+ENCODER_HYPERPROMPT = 'encoder_hyperprompt'   # share_encoder_decoder_prompts=False
+DECODER_HYPERPROMPT = 'decoder_hyperprompt'
+INPUT_PROMPTS = 'input_prompts'               # 'prompt_tuning'
+HYPERFORMER = 'hyperformer'                   # the adapter generator
+LAYER_ADAPTER = 'adapter'                     # 'adapter': in each layer, after the MLP
+# Parameter paths ('/'-joined) of the task conditioning: options/freeze_backbone.gin.
+_TOP_LEVEL = (SHARED_HYPERPROMPT, ENCODER_HYPERPROMPT, DECODER_HYPERPROMPT, INPUT_PROMPTS,
+              HYPERFORMER)
+CONDITIONING_PARAMS_REGEX = f'^({"|".join(_TOP_LEVEL)})/|/{LAYER_ADAPTER}/'
+
+
+
+def _layer_adapter(cfg, generator, index):
+  """This layer's adapter weights, from their one source: its own per-task adapter
+  ('adapter'), the shared generator ('hyperformer'), or none. Call inside a compact method."""
+  if cfg.variant == 'adapter':
+    return TaskAdapter(cfg, name=LAYER_ADAPTER)()
+  return generator(index) if generator is not None else None
 
 
 def _dropout(cfg, x, deterministic, broadcast=True):
@@ -29,10 +50,12 @@ def _dropout(cfg, x, deterministic, broadcast=True):
 class EncoderLayer(nn.Module):
   config: HyperPromptConfig
   relative_embedding: nn.Module
+  adapter_generator: Optional[nn.Module] = None  # 'hyperformer'
+  layer_index: int = 0  # across both stacks, for the adapter generator
 
   @nn.compact
   def __call__(self, inputs, encoder_mask=None, deterministic=False, prompts=None,
-               adapter=None, tasks=None):
+               tasks=None):
     cfg = self.config
     length = inputs.shape[-2]
     bias = self.relative_embedding(length, length, True)  # [1, heads, len, len]
@@ -47,8 +70,7 @@ class EncoderLayer(nn.Module):
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
     y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype,
                         name='mlp')(y, deterministic=deterministic)
-    if cfg.variant == 'adapter':
-      adapter = TaskAdapter(cfg, name='adapter')()
+    adapter = _layer_adapter(cfg, self.adapter_generator, self.layer_index)
     if adapter is not None:
       y = apply_adapter(y, adapter, tasks, cfg.num_tasks)
     return _dropout(cfg, y, deterministic) + x
@@ -57,11 +79,13 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
   config: HyperPromptConfig
   relative_embedding: nn.Module
+  adapter_generator: Optional[nn.Module] = None  # 'hyperformer'
+  layer_index: int = 0  # across both stacks, for the adapter generator
 
   @nn.compact
   def __call__(self, inputs, encoded, decoder_mask=None, encoder_decoder_mask=None,
                deterministic=False, decode=False, max_decode_length=None, prompts=None,
-               adapter=None, tasks=None):
+               tasks=None):
     cfg = self.config
     length = max_decode_length if decode and max_decode_length else inputs.shape[-2]
     bias = self.relative_embedding(length, length, False)  # [1, heads, len, len]
@@ -83,8 +107,7 @@ class DecoderLayer(nn.Module):
     z = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
     z = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype,
                         name='mlp')(z, deterministic=deterministic)
-    if cfg.variant == 'adapter':
-      adapter = TaskAdapter(cfg, name='adapter')()
+    adapter = _layer_adapter(cfg, self.adapter_generator, self.layer_index)
     if adapter is not None:
       z = apply_adapter(z, adapter, tasks, cfg.num_tasks)
     return _dropout(cfg, z, deterministic) + y
@@ -114,15 +137,12 @@ def _task_context(task_ids, segment_ids, length, real):
   return tasks, segment_ids if task_ids.ndim == 2 else segment_ids > 0
 
 
-def _layer_conditioning(layer, stack_prompts, adapter_gen, adapter_offset, task_ids,
-                        query_segments):
-  prompts = adapter = None
-  if stack_prompts is not None:
-    pk, pv = stack_prompts[0][layer], stack_prompts[1][layer]  # [T, l, heads, head_dim]
-    prompts = batch_prompts(pk, pv, task_ids, query_segments)
-  if adapter_gen is not None:
-    adapter = adapter_gen(adapter_offset + layer)
-  return prompts, adapter
+def _layer_prompts(layer, stack_prompts, task_ids, query_segments):
+  """One layer's prompt keys, values and mask for the batch, or None."""
+  if stack_prompts is None:
+    return None
+  pk, pv = stack_prompts[0][layer], stack_prompts[1][layer]  # [T, l, heads, head_dim]
+  return batch_prompts(pk, pv, task_ids, query_segments)
 
 
 class Encoder(nn.Module):
@@ -145,11 +165,10 @@ class Encoder(nn.Module):
     tasks, query_segments = _task_context(task_ids, segment_ids, x.shape[1], real)
     stack_prompts = _stack_prompts(cfg, 'encoder', self.prompt_generator, self.prompt_offset)
     for i in range(cfg.num_encoder_layers):
-      prompts, adapter = _layer_conditioning(i, stack_prompts, self.adapter_generator, 0,
-                                             task_ids, query_segments)
+      prompts = _layer_prompts(i, stack_prompts, task_ids, query_segments)
       layer = nn.remat(EncoderLayer, static_argnums=(3,)) if cfg.remat else EncoderLayer
-      x = layer(cfg, rel_emb, name=f'layers_{i}')(
-          x, encoder_mask, deterministic, prompts, adapter, tasks)
+      x = layer(cfg, rel_emb, self.adapter_generator, i, name=f'layers_{i}')(
+          x, encoder_mask, deterministic, prompts, tasks)
     x = layers.LayerNorm(dtype=cfg.dtype, name='encoder_norm')(x)
     return _dropout(cfg, x, deterministic, broadcast=False)
 
@@ -173,13 +192,13 @@ class Decoder(nn.Module):
     tasks, query_segments = _task_context(task_ids, segment_ids, y.shape[1], query_real)
     stack_prompts = _stack_prompts(cfg, 'decoder', self.prompt_generator, self.prompt_offset)
     for i in range(cfg.num_decoder_layers):
-      prompts, adapter = _layer_conditioning(i, stack_prompts, self.adapter_generator,
-                                             self.adapter_offset, task_ids, query_segments)
+      prompts = _layer_prompts(i, stack_prompts, task_ids, query_segments)
       layer = (nn.remat(DecoderLayer, static_argnums=(5, 6, 7)) if cfg.remat and not decode
                else DecoderLayer)
-      y = layer(cfg, rel_emb, name=f'layers_{i}')(
+      y = layer(cfg, rel_emb, self.adapter_generator, self.adapter_offset + i,
+                name=f'layers_{i}')(
           y, encoded, decoder_mask, encoder_decoder_mask, deterministic, decode,
-          max_decode_length, prompts, adapter, tasks)
+          max_decode_length, prompts, tasks)
     y = layers.LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
     y = _dropout(cfg, y, deterministic)
     if cfg.logits_via_embedding:
@@ -203,17 +222,17 @@ class Transformer(nn.Module):
     if cfg.is_hyperprompt:
       n_enc, n_dec = cfg.prompted_layers('encoder'), cfg.prompted_layers('decoder')
       if cfg.share_encoder_decoder_prompts:
-        shared = HyperPromptGenerator(cfg, n_enc + n_dec, name='hyperprompt')
+        shared = HyperPromptGenerator(cfg, n_enc + n_dec, name=SHARED_HYPERPROMPT)
         enc_gen = dec_gen = shared
         dec_offset = n_enc
       else:
-        enc_gen = HyperPromptGenerator(cfg, n_enc, name='encoder_hyperprompt') if n_enc else None
-        dec_gen = HyperPromptGenerator(cfg, n_dec, name='decoder_hyperprompt') if n_dec else None
+        enc_gen = HyperPromptGenerator(cfg, n_enc, name=ENCODER_HYPERPROMPT) if n_enc else None
+        dec_gen = HyperPromptGenerator(cfg, n_dec, name=DECODER_HYPERPROMPT) if n_dec else None
     if cfg.variant == 'hyperformer':
       adapter_gen = HyperAdapterGenerator(
-          cfg, cfg.num_encoder_layers + cfg.num_decoder_layers, name='hyperformer')
+          cfg, cfg.num_encoder_layers + cfg.num_decoder_layers, name=HYPERFORMER)
     if cfg.variant == 'prompt_tuning':
-      self.input_prompts = InputPrompts(cfg, name='input_prompts')
+      self.input_prompts = InputPrompts(cfg, name=INPUT_PROMPTS)
     self.encoder = Encoder(cfg, self.shared_embedding, enc_gen, 0, adapter_gen)
     self.decoder = Decoder(cfg, self.shared_embedding, dec_gen, dec_offset, adapter_gen,
                            cfg.num_encoder_layers)

@@ -1,4 +1,5 @@
-"""Parameter counts per config via `jax.eval_shape` (no allocation: works for XXL on a laptop).
+"""Parameter counts per config via `jax.eval_shape` (no allocation: works for XXL on a laptop);
+sizes come from the gin model files.
 
     python -m hyperprompt_jax.param_report --size base --size xxl
 """
@@ -10,34 +11,23 @@ from typing import Dict
 import jax
 import numpy as np
 
-from hyperprompt_jax import trainer
+from hyperprompt_jax import gin_utils, models
 from hyperprompt_jax.config import VARIANTS, HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
-# T5.1.1 sizes (the public t5x checkpoints): emb, heads, layers (each stack), head_dim, mlp.
-T511_SIZES = {
-    'small': dict(emb_dim=512, num_heads=6, num_encoder_layers=8, num_decoder_layers=8,
-                  head_dim=64, mlp_dim=1024),
-    'base': dict(emb_dim=768, num_heads=12, num_encoder_layers=12, num_decoder_layers=12,
-                 head_dim=64, mlp_dim=2048),
-    'large': dict(emb_dim=1024, num_heads=16, num_encoder_layers=24, num_decoder_layers=24,
-                  head_dim=64, mlp_dim=2816),
-    'xl': dict(emb_dim=2048, num_heads=32, num_encoder_layers=24, num_decoder_layers=24,
-               head_dim=64, mlp_dim=5120),
-    'xxl': dict(emb_dim=4096, num_heads=64, num_encoder_layers=24, num_decoder_layers=24,
-                head_dim=64, mlp_dim=10240),
-}
+SIZES = ('small', 'base', 'large', 'xl', 'xxl')  # gin/models/<size>.gin
 
 
-def t511_config(size: str, **overrides) -> HyperPromptConfig:
-  fields = dict(vocab_size=32128, mlp_activations=('gelu', 'linear'), **T511_SIZES[size])
-  fields.update(overrides)
-  return HyperPromptConfig(**fields)
+def size_config(size: str, **overrides) -> HyperPromptConfig:
+  """T5.1.1 `size` as gin/models/<size>.gin defines it (the one source of sizes)."""
+  if size not in SIZES:
+    raise ValueError(f'Unknown size {size!r}: choose one of {", ".join(SIZES)}.')
+  return dataclasses.replace(gin_utils.model_config([f'models/{size}.gin']), **overrides)
 
 
 def param_shapes(config: HyperPromptConfig):
   """The 'params' tree of ShapeDtypeStructs, without allocating anything."""
-  return trainer.init_variables_abstract(Transformer(config))['params']
+  return models.init_variables_abstract(Transformer(config))['params']
 
 
 def count(tree) -> int:
@@ -54,14 +44,14 @@ def report(config: HyperPromptConfig) -> Dict[str, float]:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--size', action='append', choices=sorted(T511_SIZES))
+  parser.add_argument('--size', action='append', choices=SIZES)
   parser.add_argument('--num_tasks', type=int, default=8)
   args = parser.parse_args(argv)
   print('| size | variant | total params | task params | task % |')
   print('|---|---|---:|---:|---:|')
   for size in args.size or ['base', 'xxl']:
     for variant in VARIANTS:
-      r = report(t511_config(size, variant=variant, num_tasks=args.num_tasks))
+      r = report(size_config(size, variant=variant, num_tasks=args.num_tasks))
       print(f"| {size} | {variant} | {r['total']:,} | {r['task']:,} | {r['task_percent']:.3f} |")
 
 

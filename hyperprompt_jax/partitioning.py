@@ -1,17 +1,23 @@
-"""Logical axis rules (parameters and activations -> ('data', 'model') mesh) in one place.
+"""Partitioning in one place: logical axis rules, the ('data', 'model') mesh and the
+`Partitioner` that turns them into shardings of parameters, optimizer state and batches.
 
-The T5 axes follow t5x's standard rules; the axes HyperPrompt adds (tasks, prompt positions,
+The T5 axes follow t5x's standard rules (with its `parameter_partitioning_dims` /
+`activation_partitioning_dims` semantics); the axes HyperPrompt adds (tasks, prompt positions,
 hypernetwork and adapter sizes) are small and replicated. `ADAFACTOR_FACTOR_RULES` extends
 t5x's `adafactor.standard_logical_factor_rules()` for t5x's own Adafactor (strings that t5x
 accepts: 'row', 'column', 'batch', 'none').
 """
 
-from typing import List, Optional, Sequence, Tuple
+import contextlib
+import dataclasses
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+from flax import traverse_util
 from flax.core import unfreeze
 from flax.linen import partitioning as nn_partitioning
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 Rules = List[Tuple[str, Optional[str]]]
 
@@ -52,9 +58,28 @@ ADAFACTOR_FACTOR_RULES = {
 }
 
 
-def logical_axis_rules() -> Rules:
-  """Every logical axis the network uses, mapped to mesh axes 'data' and 'model'."""
-  return T5_AXIS_RULES + HYPERPROMPT_AXIS_RULES
+def logical_axis_rules(parameter_partitioning_dims: int = 1,
+                       activation_partitioning_dims: int = 1) -> Rules:
+  """Every logical axis the network uses, mapped to mesh axes 'data' and 'model'.
+
+  As in t5x: with `parameter_partitioning_dims=2` 'embed' may also map to 'data', so each
+  parameter (and its optimizer state) is split over the whole mesh; activations keep 'data'
+  for their batch axis, which takes precedence, so only parameters pick it up. With
+  `activation_partitioning_dims=2` activations' 'embed' maps to 'model' too.
+  """
+  for name, dims in (('parameter_partitioning_dims', parameter_partitioning_dims),
+                     ('activation_partitioning_dims', activation_partitioning_dims)):
+    if dims not in (1, 2):
+      raise ValueError(f'{name}={dims}: choose 1 (t5x default) or 2.')
+  embed: Rules = []
+  if activation_partitioning_dims == 2:
+    embed.append(('embed', 'model'))
+  if parameter_partitioning_dims == 2:
+    embed.append(('embed', 'data'))
+  rules: Rules = []
+  for rule in T5_AXIS_RULES:  # order matters: 'batch' claims 'data' before 'embed' does
+    rules.extend(embed if embed and rule[0] == 'embed' else [rule])
+  return rules + HYPERPROMPT_AXIS_RULES
 
 
 def create_mesh(num_partitions: int = 1, devices: Optional[Sequence] = None) -> jax.sharding.Mesh:
@@ -78,3 +103,56 @@ def logical_to_sharding(logical_specs, mesh, rules: Optional[Rules] = None):
 def params_logical_specs(variables):
   """Logical PartitionSpecs of the 'params' collection, from the 'params_axes' collection."""
   return unfreeze(nn_partitioning.get_axis_names(variables['params_axes']))
+
+
+@dataclasses.dataclass
+class Partitioner:
+  """Mesh, logical rules and the shardings derived from them."""
+  num_partitions: int = 1
+  parameter_partitioning_dims: int = 1
+  activation_partitioning_dims: int = 1
+
+  def __post_init__(self):
+    self.mesh = create_mesh(self.num_partitions)
+    self.rules = logical_axis_rules(self.parameter_partitioning_dims,
+                                    self.activation_partitioning_dims)
+
+  def context(self):
+    """Mesh and logical rules for tracing (activation constraints use both)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn_partitioning.axis_rules(self.rules))
+    return stack
+
+  @property
+  def replicated(self):
+    return NamedSharding(self.mesh, P())
+
+  def batch_sharding(self, ndim: int):
+    return NamedSharding(self.mesh, P('data', *([None] * (ndim - 1))))
+
+  def param_shardings(self, abstract_variables):
+    """Shardings of the 'params' collection, from abstract variables (with 'params_axes')."""
+    return logical_to_sharding(params_logical_specs(abstract_variables), self.mesh, self.rules)
+
+  def opt_state_shardings(self, abstract_opt_state, params, param_shardings):
+    """Optimizer leaves shaped like their parameter share its sharding (Adafactor's factored
+    rows/columns and other reduced leaves replicate)."""
+    by_path = {tuple(k): (v.shape, s) for (k, v), s in zip(
+        traverse_util.flatten_dict(params).items(),
+        traverse_util.flatten_dict(param_shardings).values())}
+
+    def pick(path, leaf):
+      keys = tuple(getattr(k, 'key', None) for k in path)
+      keys = tuple(k for k in keys if isinstance(k, str))
+      for n in range(len(keys)):
+        hit = by_path.get(keys[n:])
+        if hit and tuple(hit[0]) == tuple(getattr(leaf, 'shape', ())):
+          return hit[1]
+      return self.replicated
+    return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
+
+  def shard_batch(self, batch: Dict[str, np.ndarray]):
+    """Host-local numpy batch -> global arrays sharded over 'data'."""
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding(v.ndim), v)
+            for k, v in batch.items()}

@@ -1,7 +1,203 @@
-"""`python -m hyperprompt_jax.train`: see `hyperprompt_jax.training` (kept separate so that gin
-registers its configurables once, not again under __main__)."""
+"""The train command: `python -m hyperprompt_jax.train --gin_file=runs/demo.gin ...`; `train`
+is the loop (input, steps, checkpoints, logging, periodic evaluation), configured by gin.
 
-from hyperprompt_jax.training import main
+Macros (t5x's names): MODEL_DIR, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, TRAIN_STEPS,
+BATCH_SIZE, INITIAL_CHECKPOINT_PATH (optional), NUM_PARTITIONS (model-parallel size).
+Writes MODEL_DIR/checkpoints, MODEL_DIR/metrics.jsonl (one JSON object per logged step),
+TensorBoard scalars and, with periodic evaluation, MODEL_DIR/eval/.
+"""
+
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Dict, Optional
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import metric_writers, periodic_actions
+from tensorflow.io import gfile
+
+import hyperprompt_tasks
+from hyperprompt_jax import (checkpoints, evaluation, files, gin_utils, input_pipeline, models,
+                             partitioning, trainer)
+from hyperprompt_jax.config import HyperPromptConfig
+from hyperprompt_jax.network import Transformer
+
+log = logging.getLogger('hyperprompt_jax')
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot go on; the message names the fix."""
+
+
+def prepare_model_dir(model_dir: str) -> None:
+  if gfile.exists(model_dir) and not gfile.isdir(model_dir):
+    raise TrainingError(f'MODEL_DIR {model_dir} is a file: pass a directory path.')
+  gfile.makedirs(model_dir)
+
+
+class MetricsLog:
+  """MODEL_DIR/metrics.jsonl, flushed after every record; on resume, training records past
+  the restored step (logged after the last checkpoint of a killed run) are dropped."""
+
+  def __init__(self, model_dir: str, resume_step: int):
+    self.path = os.path.join(model_dir, 'metrics.jsonl')
+    self.appender = None
+    if jax.process_index() == 0:
+      kept = [r for r in files.read_jsonl(self.path) if r.get('step', 0) <= resume_step]
+      self.appender = files.JsonlAppender(self.path, kept)
+
+  def write(self, record: Dict) -> None:
+    if self.appender is not None:
+      self.appender.write(record)
+
+
+class Preemption:
+  """SIGTERM sets a flag; the loop saves a checkpoint and exits 0."""
+
+  def __init__(self):
+    self.requested = False
+    signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+
+@gin.configurable
+def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Dict[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED, config: HyperPromptConfig = gin.REQUIRED,
+          initial_checkpoint_path: Optional[str] = None, num_partitions: int = 1,
+          learning_rate: float = 1e-3, seed: int = 0, data_seed: int = 0,
+          save_every_steps: int = 2000, keep_checkpoints: int = 3, log_every_steps: int = 100,
+          eval_every_steps: int = 0, eval_batch_size: int = 32,
+          eval_max_examples: Optional[int] = None, pack: bool = True, max_segments: int = 8,
+          trainable_regex: str = '.*', frozen_regex: Optional[str] = None,
+          num_microbatches: int = 1, z_loss: float = 1e-4,
+          report_every_seconds: float = 10.0) -> Dict:
+  """Trains (or resumes) a run in `model_dir`; returns the last logged metrics."""
+  prepare_model_dir(model_dir)
+  if batch_size % num_microbatches:
+    raise TrainingError(f'BATCH_SIZE={batch_size} is not divisible by num_microbatches='
+                        f'{num_microbatches}.')
+  if config.variant == 'prompt_tuning' and pack:
+    raise TrainingError("variant 'prompt_tuning' cannot use packed rows: bind train.pack = False.")
+  models.check_num_tasks(config, hyperprompt_tasks.task_ids_of(mixture_or_task_name))
+  part = partitioning.Partitioner(num_partitions)
+  model = Transformer(config)
+  abstract = models.init_variables_abstract(model)
+  param_shardings = part.param_shardings(abstract)
+
+  with part.context():
+    params = models.init_params(model, seed, param_shardings)
+  store = checkpoints.CheckpointStore(model_dir, keep_checkpoints)
+  latest = store.latest_step()
+  if initial_checkpoint_path and latest is None:
+    merged, report = checkpoints.merge_params(jax.device_get(params),
+                                              checkpoints.load_params(initial_checkpoint_path))
+    log.info('Initial checkpoint %s: %d loaded, %d initialised (%s), %d unused (%s)',
+                 initial_checkpoint_path, len(report['loaded']), len(report['initialised']),
+                 report['initialised'], len(report['unused']), report['unused'])
+    params = jax.device_put(merged, param_shardings)
+
+  optimizer = trainer.make_optimizer(learning_rate, params, trainable_regex, frozen_regex)
+  opt_abstract = jax.eval_shape(optimizer.init, params)
+  opt_shardings = part.opt_state_shardings(opt_abstract, params, param_shardings)
+  opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+  state = {'step': jnp.asarray(0, jnp.int32), 'params': params, 'opt_state': opt_state}
+  state_shardings = {'step': part.replicated, 'params': param_shardings,
+                     'opt_state': opt_shardings}
+
+  ds = input_pipeline.train_dataset(mixture_or_task_name, task_feature_lengths, batch_size,
+                                    data_seed, pack=pack, max_segments=max_segments)
+  iterator = input_pipeline.CheckpointableIterator(ds)
+  if latest is not None:
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+    state = store.restore(latest, abstract_state, iterator)
+    log.info('Resumed from %s at step %d.', model_dir, latest)
+  start = int(state['step'])
+
+  step_fn = trainer.make_train_step(model, optimizer, config.num_tasks, seed, z_loss,
+                                    num_microbatches)
+  with part.context():
+    train_step = jax.jit(step_fn, in_shardings=(state_shardings, None),
+                         out_shardings=(state_shardings, part.replicated), donate_argnums=(0,))
+  metrics_log = MetricsLog(model_dir, start)
+  writer = metric_writers.create_default_writer(model_dir, just_logging=jax.process_index() > 0)
+  progress = periodic_actions.ReportProgress(num_train_steps=train_steps, writer=writer,
+                                             every_steps=max(log_every_steps, 1))
+  preemption = Preemption()
+  task_names = {tid: name for name, tid in sorted(hyperprompt_tasks.TASK_IDS.items(),
+                                                  reverse=True)}
+  task_ids_present = set(hyperprompt_tasks.task_ids_of(mixture_or_task_name))
+  last_record, last_saved, tick = {}, latest, time.time()
+  last_report = time.time()
+
+  def save(step):
+    nonlocal last_saved
+    if last_saved != step:
+      store.save(step, state, iterator)
+      last_saved = step
+
+  for step in range(start, train_steps):
+    batch = part.shard_batch(next(iterator))
+    with part.context():
+      state, metrics = train_step(state, batch)
+    done = step + 1
+    progress(done)
+    must_check = (done % log_every_steps == 0 or done % save_every_steps == 0
+                  or done == train_steps or preemption.requested)
+    if must_check:
+      metrics = jax.device_get(metrics)
+      loss = float(metrics['loss'])
+      if not np.isfinite(loss):
+        raise TrainingError(f'Loss is {loss} at step {done}: training stopped; the last good '
+                            f'checkpoint (step {last_saved}) is kept in {model_dir}. Lower the '
+                            'learning rate or check the data.')
+      if done % log_every_steps == 0 or done == train_steps:
+        now = time.time()
+        record = {'step': done, 'loss': loss, 'learning_rate': learning_rate,
+                  'steps_per_second': log_every_steps / max(now - tick, 1e-9)}
+        tick = now
+        for tid in sorted(task_ids_present):
+          if metrics['task_tokens'][tid] > 0:
+            record[f'loss/{task_names.get(tid, tid)}'] = float(metrics['task_loss'][tid])
+        metrics_log.write(record)
+        writer.write_scalars(done, {k: v for k, v in record.items() if k != 'step'})
+        last_record = record
+        if now - last_report >= report_every_seconds or done == train_steps:
+          last_report = now
+          log.info('step %d/%d  loss %.4f  %.1f steps/s', done, train_steps, loss,
+                   record['steps_per_second'])
+    if done % save_every_steps == 0 or done == train_steps or preemption.requested:
+      save(done)
+    if eval_every_steps and (done % eval_every_steps == 0 or done == train_steps):
+      record = evaluation.evaluate_step(model, state['params'], mixture_or_task_name,
+                                        task_feature_lengths, eval_batch_size, model_dir, done,
+                                        max_examples=eval_max_examples)
+      metrics_log.write(record)
+      writer.write_scalars(done, {k: v for k, v in record.items() if k != 'step'})
+    if preemption.requested:
+      log.warning('SIGTERM: saved step %d in %s; rerun the same command to continue.',
+                      done, model_dir)
+      writer.flush()
+      sys.exit(0)
+  if start >= train_steps:
+    log.info('Nothing to do: %s is already at step %d of %d.', model_dir, start, train_steps)
+  writer.flush()
+  return last_record
+
+
+def main(argv=None):
+  gin_utils.run_command('hyperprompt_jax.train', 'train',
+                        'Multi-task fine-tuning of HyperPrompt T5.', argv)
+
 
 if __name__ == '__main__':
   main()

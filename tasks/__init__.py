@@ -7,17 +7,18 @@ carries them to the model.
 
 import seqio
 
-from hyperprompt_tasks import benchmarks, demo, metrics, task_table
+from hyperprompt_tasks import demo, glue_super_glue, metrics, task_table
 from hyperprompt_tasks.feature_converter import TaskIdEncDecFeatureConverter
-from hyperprompt_tasks.task_table import TASK_IDS, num_tasks, task_id
+from hyperprompt_tasks.glue_super_glue import register_mixture
+from hyperprompt_tasks.task_table import TASK_IDS, num_tasks, short_name, task_id
 from hyperprompt_tasks.vocab import demo_vocabulary, task_vocabulary
 
-__all__ = ['TASK_IDS', 'TaskIdEncDecFeatureConverter', 'benchmarks', 'demo', 'demo_vocabulary',
-           'get_mixture_or_task', 'metrics', 'num_tasks', 'task_id', 'task_ids_of',
-           'task_table', 'task_vocabulary']
+__all__ = ['TASK_IDS', 'TaskIdEncDecFeatureConverter', 'benchmark_mixture', 'demo', 'demo_vocabulary',
+           'get_mixture_or_task', 'glue_super_glue', 'metrics', 'num_tasks', 'register_mixture',
+           'short_name', 'task_id', 'task_ids_of', 'task_table', 'task_vocabulary', 'tasks_of']
 
 if 'hyperprompt_demo' not in seqio.MixtureRegistry.names():
-  benchmarks.register_all()
+  glue_super_glue.register_all()
   demo.register_all()
 
 
@@ -31,8 +32,20 @@ def get_mixture_or_task(name: str):
                      f'{", ".join(ours)} (import the module that registers yours).') from None
 
 
+def benchmark_mixture(benchmark: str) -> str:
+  """The proportional mixture of a benchmark: 'glue' -> 'hyperprompt_glue' (gin: BENCHMARK)."""
+  if benchmark not in ('glue', 'super_glue'):
+    raise ValueError(f"BENCHMARK={benchmark!r}: choose 'glue' or 'super_glue' (or set "
+                     'MIXTURE_OR_TASK_NAME directly).')
+  return f'hyperprompt_{benchmark}'
+
+
+def tasks_of(name: str):
+  """The seqio tasks of a mixture, or [the task]."""
+  provider = get_mixture_or_task(name)
+  return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+
+
 def task_ids_of(name: str):
   """Task ids a mixture or task emits (for the num_tasks check)."""
-  provider = get_mixture_or_task(name)
-  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-  return sorted({TASK_IDS[t.name] for t in tasks if t.name in TASK_IDS})
+  return sorted({TASK_IDS[t.name] for t in tasks_of(name) if t.name in TASK_IDS})

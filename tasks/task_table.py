@@ -22,6 +22,15 @@ def task_name(benchmark: str, task: str) -> str:
   return f'hyperprompt_{benchmark}_{task}'
 
 
+def short_name(name: str) -> str:
+  """'hyperprompt_glue_rte' -> 'rte' (names of other tasks are returned unchanged)."""
+  for benchmark in TABLES:
+    prefix = task_name(benchmark, '')
+    if name.startswith(prefix):
+      return name[len(prefix):]
+  return name
+
+
 def task_id(name: str) -> int:
   """Task id of a registered task, by seqio name ('hyperprompt_glue_rte') or short name
   within a benchmark ('glue/rte')."""

@@ -10,7 +10,7 @@ import pytest
 import tensorstore as ts
 from flax import serialization, traverse_util
 
-from hyperprompt_jax import checkpoints, t5x_checkpoints
+from hyperprompt_jax import checkpoints, t5x_format
 from hyperprompt_jax.network import Transformer
 from tests.helpers import CONDITIONED, init_params, random_tokens, shift_right, tiny_config
 
@@ -45,11 +45,11 @@ def _write_orbax_t5x(directory, params):
 
 
 @pytest.mark.parametrize('layout', ['legacy', 'orbax'])
-def test_t5x_checkpoints_read_back_exactly(layout, tmp_path):
+def test_t5x_format_read_back_exactly(layout, tmp_path):
   params = _t5_params()
   directory = str(tmp_path / 'checkpoint_1000000')
   (_write_legacy_t5x if layout == 'legacy' else _write_orbax_t5x)(directory, params)
-  assert t5x_checkpoints.is_t5x_checkpoint(directory)
+  assert t5x_format.is_t5x_checkpoint(directory)
   loaded = checkpoints.load_params(directory)
   jax.tree.map(np.testing.assert_array_equal, loaded, params)
 
@@ -108,7 +108,7 @@ def test_remat_changes_nothing_but_memory(variant):
 
 def test_our_checkpoint_exports_to_the_t5x_layout_and_reads_back(tmp_path):
   params = jax.tree.map(np.asarray, init_params(tiny_config('global')))
-  path = t5x_checkpoints.save_t5x_checkpoint(params, str(tmp_path), 42)
-  assert path.endswith('checkpoint_42') and t5x_checkpoints.is_t5x_checkpoint(path)
+  path = t5x_format.save_t5x_checkpoint(params, str(tmp_path), 42)
+  assert path.endswith('checkpoint_42') and t5x_format.is_t5x_checkpoint(path)
   jax.tree.map(np.testing.assert_array_equal, checkpoints.load_params(path), params)
 

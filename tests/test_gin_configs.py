@@ -1,14 +1,20 @@
-"""Every gin file that needs no t5x parses, binds against our modules and builds a valid
-config; size files hold dimensions only; t5x's files are covered in test_t5x.py."""
+"""Every gin file that needs no t5x (flaxformer's gin test): parsed, its required macros
+filled, finalized, the model built at a tiny size, initialised and applied once. Size files
+hold T5.1.1's published dimensions and nothing else; stacking order is what the headers say.
+t5x's files are covered in test_t5x.py."""
 
 import glob
 import os
 
 import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from hyperprompt_jax import gin_utils, param_report
 from hyperprompt_jax.config import HyperPromptConfig
+from hyperprompt_jax.network import CONDITIONING_PARAMS_REGEX, Transformer
 
 GIN = gin_utils.GIN_DIR
 FILES = sorted(os.path.relpath(p, GIN) for p in glob.glob(os.path.join(GIN, '**', '*.gin'),
@@ -16,9 +22,23 @@ FILES = sorted(os.path.relpath(p, GIN) for p in glob.glob(os.path.join(GIN, '**'
                if not os.path.relpath(p, GIN).startswith('t5x'))
 MACROS = ["MODEL_DIR = '/tmp/x'", "MIXTURE_OR_TASK_NAME = 'hyperprompt_demo'",
           "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 4}", 'TRAIN_STEPS = 1',
-          'BATCH_SIZE = 2', "INITIAL_CHECKPOINT_PATH = '/tmp/ckpt'", "INFER_INPUT = '/tmp/in'"]
-DIMENSIONS = {'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers', 'head_dim',
-              'mlp_dim'}
+          'BATCH_SIZE = 2', "INITIAL_CHECKPOINT_PATH = '/tmp/ckpt'", "INFER_INPUT = '/tmp/in'",
+          "BENCHMARK = 'glue'"]
+TINY = {'emb_dim': 8, 'num_heads': 2, 'head_dim': 4, 'mlp_dim': 16, 'num_encoder_layers': 1,
+        'num_decoder_layers': 1}
+# Published T5.1.1 dimensions (the public t5x checkpoints), written out independently.
+T5_1_1 = {
+    'small': dict(emb_dim=512, num_heads=6, num_encoder_layers=8, num_decoder_layers=8,
+                  head_dim=64, mlp_dim=1024),
+    'base': dict(emb_dim=768, num_heads=12, num_encoder_layers=12, num_decoder_layers=12,
+                 head_dim=64, mlp_dim=2048),
+    'large': dict(emb_dim=1024, num_heads=16, num_encoder_layers=24, num_decoder_layers=24,
+                  head_dim=64, mlp_dim=2816),
+    'xl': dict(emb_dim=2048, num_heads=32, num_encoder_layers=24, num_decoder_layers=24,
+               head_dim=64, mlp_dim=5120),
+    'xxl': dict(emb_dim=4096, num_heads=64, num_encoder_layers=24, num_decoder_layers=24,
+                head_dim=64, mlp_dim=10240),
+}
 
 
 @gin.configurable
@@ -26,17 +46,29 @@ def _built(config=gin.REQUIRED):
   return config
 
 
-def _parse(files):
-  """Parses `files` after a prelude (a vocabulary for size-only files), then fills the
-  macros the files left at %gin.REQUIRED, and builds the HyperPromptConfig through gin."""
+@gin.configurable
+def _value(value=gin.REQUIRED):
+  return value
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
   gin.clear_config()
+  yield
+  gin.clear_config()  # also after a failure: no state leaks into the next test
+
+
+def _parse(files, *bindings):
+  """Parses `files` after a prelude that routes the model config to `_built`, fills the
+  macros the files left at %gin.REQUIRED, then `bindings`."""
   gin.add_config_file_search_path(GIN)
   gin.parse_config(['from __gin__ import dynamic_registration',
                     'from hyperprompt_jax import network', 'import tests.test_gin_configs',
                     'network.HyperPromptConfig.vocab_size = 32128',
                     'tests.test_gin_configs._built.config = @network.HyperPromptConfig()'])
-  gin.parse_config_files_and_bindings([os.path.join(GIN, f) for f in files], [],
-                                     finalize_config=False)
+  with gin_utils.quiet_include_search():
+    gin.parse_config_files_and_bindings([os.path.join(GIN, f) for f in files], list(bindings),
+                                        finalize_config=False)
   for binding in MACROS:
     name = binding.split('=')[0].strip()
     try:
@@ -46,54 +78,69 @@ def _parse(files):
     if required:
       gin.parse_config(binding)
   gin_utils.check_required_macros()
-  return _built()
 
 
 @pytest.mark.parametrize('name', FILES)
-def test_gin_file_parses_and_builds_a_config(name):
-  config = _parse([name])
+def test_gin_file_finalizes_builds_the_model_and_runs_it(name):
+  _parse([name], *[f'network.HyperPromptConfig.{k} = {v}' for k, v in TINY.items()])
+  gin.finalize()
+  config = _built()
   assert isinstance(config, HyperPromptConfig)
-  gin.clear_config()
+  for key, value in TINY.items():
+    assert getattr(config, key) == value, key
+  model = Transformer(config)
+  tokens = jnp.asarray(np.random.RandomState(0).randint(2, 100, (2, 5)), jnp.int32)
+  ids = jnp.zeros((2,), jnp.int32) if config.is_conditioned else None
+  params = model.init(jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False,
+                      task_ids=ids)['params']
+  logits = model.apply({'params': params}, tokens, tokens, tokens, enable_dropout=False,
+                       task_ids=ids)
+  assert logits.shape == (2, 5, config.vocab_size)
+  assert bool(jnp.all(jnp.isfinite(logits)))
 
 
-@pytest.mark.parametrize('size', ['small', 'base', 'large', 'xl', 'xxl'])
-def test_size_files_hold_dimensions_only_and_models_are_t5_1_1(size):
+@pytest.mark.parametrize('size', sorted(T5_1_1))
+def test_size_files_hold_t5_1_1_dimensions_only(size):
   with open(os.path.join(GIN, 'models', 'sizes', f'{size}.gin')) as f:
     bound = {line.split('=')[0].strip().split('.')[-1] for line in f
              if line.startswith('network.HyperPromptConfig.')}
-  assert bound == DIMENSIONS
-  config = _parse([f'models/{size}.gin', 'variants/global.gin'])
-  gin.clear_config()
-  expected = param_report.t511_config(size, variant='global', dtype='bfloat16',
-                                      float32_attention_logits=True)
-  assert config == expected
+  assert bound == set(T5_1_1[size])
+  config = param_report.size_config(size)
+  assert {k: getattr(config, k) for k in T5_1_1[size]} == T5_1_1[size]
+  assert (config.vocab_size, config.mlp_activations, config.dtype) == (
+      32128, ('gelu', 'linear'), 'bfloat16')
 
 
-def test_stacking_a_variant_after_the_demo_switches_it():
-  assert _parse(['runs/demo.gin']).variant == 'global'
-  assert _parse(['runs/demo.gin', 'variants/mtl.gin']).variant == 'mtl'
-  gin.clear_config()
+def test_stacking_a_variant_after_the_demo_switches_only_the_variant():
+  _parse(['runs/demo.gin'])
+  demo = _built()
+  assert (demo.variant, demo.prompt_length) == ('global', 8)
+  for variant in ('mtl', 'global', 'share'):
+    gin.clear_config()
+    _parse(['runs/demo.gin', f'variants/{variant}.gin'])
+    stacked = _built()
+    assert stacked.variant == variant
+    assert stacked.prompt_length == demo.prompt_length == 8  # sizes untouched
+
+
+@pytest.mark.parametrize('benchmark', ['glue', 'super_glue'])
+def test_benchmark_run_files_pick_their_mixture(benchmark):
+  _parse(['models/small.gin', f'runs/finetune_{benchmark}.gin'])
+  gin.parse_config(['import tests.test_gin_configs',
+                    'tests.test_gin_configs._value.value = %MIXTURE_OR_TASK_NAME'])
+  assert _value() == f'hyperprompt_{benchmark}'
 
 
 def test_a_missing_required_macro_is_named():
-  gin.clear_config()
   gin.add_config_file_search_path(GIN)
   gin.parse_config_files_and_bindings([os.path.join(GIN, 'runs/finetune.gin')], [],
-                                     finalize_config=False)
+                                      finalize_config=False)
   with pytest.raises(gin_utils.ConfigError, match='BATCH_SIZE'):
     gin_utils.check_required_macros()
-  gin.clear_config()
-
-
-@gin.configurable
-def _value(value=gin.REQUIRED):
-  return value
 
 
 def test_freeze_backbone_binds_the_conditioning_regex():
-  from hyperprompt_jax import trainer  # pylint: disable=g-import-not-at-top
   _parse(['runs/demo.gin', 'options/freeze_backbone.gin'])
-  ref = repr(gin.query_parameter('hyperprompt_jax.training.train.trainable_regex'))
+  ref = repr(gin.query_parameter('hyperprompt_jax.train.train.trainable_regex'))
   gin.parse_config(f'tests.test_gin_configs._value.value = {ref}')
-  assert _value() == trainer.CONDITIONING_PARAMS_REGEX
-  gin.clear_config()
+  assert _value() == CONDITIONING_PARAMS_REGEX

@@ -1,12 +1,21 @@
-"""The parameter report against a hand count, and the axis names of every parameter."""
+"""The parameter report against a hand count, the axis names of every parameter (each with a
+sharding rule and an Adafactor factor rule), and the conditioning-parameter regex."""
+
+import re
 
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import traverse_util
 
 from hyperprompt_jax import param_report, partitioning
-from hyperprompt_jax.network import Transformer
+from hyperprompt_jax.network import CONDITIONING_PARAMS_REGEX, Transformer
 from tests.helpers import ALL_VARIANTS, tiny_config
+
+# Every (variant, option) combination that creates other parameters.
+LAYOUTS = [dict(variant=v) for v in ALL_VARIANTS] + [
+    dict(variant=v, share_encoder_decoder_prompts=False) for v in ('share', 'sep', 'global')] + [
+    dict(variant='global', encoder_prompts=False), dict(variant='sep', decoder_prompts=False)]
 
 
 def _hand_count(cfg):
@@ -40,23 +49,37 @@ def test_report_matches_hand_count(variant):
 
 
 def test_xxl_global_is_under_half_a_percent():
-  r = param_report.report(param_report.t511_config('xxl', variant='global'))
+  r = param_report.report(param_report.size_config('xxl', variant='global'))
   assert r['total'] > 11e9 and r['task_percent'] < 0.5
 
 
-@pytest.mark.parametrize('variant', ALL_VARIANTS)
-def test_every_parameter_has_logical_axes_covered_by_the_rules(variant):
-  cfg = tiny_config(variant)
+def _abstract_variables(cfg):
   x = jnp.ones((1, 4), jnp.int32)
-  variables = jax.eval_shape(lambda r: Transformer(cfg).init(r, x, x, x, enable_dropout=False),
-                             jax.random.PRNGKey(0))
+  return jax.eval_shape(lambda r: Transformer(cfg).init(r, x, x, x, enable_dropout=False),
+                        jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize('layout', LAYOUTS, ids=lambda d: '-'.join(f'{v}' for v in d.values()))
+def test_every_logical_axis_has_a_sharding_rule_and_a_factor_rule(layout):
+  variables = _abstract_variables(tiny_config(**layout))
   specs = partitioning.params_logical_specs(variables)
+  is_spec = lambda s: isinstance(s, jax.sharding.PartitionSpec)
   params = variables['params']
-  assert jax.tree.structure(params) == jax.tree.structure(
-      specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
-  known = {name for name, _ in partitioning.logical_axis_rules()}
-  for spec, p in zip(jax.tree.leaves(specs, is_leaf=lambda s: isinstance(
-      s, jax.sharding.PartitionSpec)), jax.tree.leaves(params)):
-    assert len(spec) == len(p.shape) and set(spec) <= known, spec
-  for name in ('tasks', 'prompt', 'hyper_bottleneck', 'adapter'):
-    assert name in partitioning.ADAFACTOR_FACTOR_RULES
+  assert jax.tree.structure(params) == jax.tree.structure(specs, is_leaf=is_spec)
+  for dims in (1, 2):
+    known = {name for name, _ in partitioning.logical_axis_rules(dims)}
+    t5_axes = {name for name, _ in partitioning.T5_AXIS_RULES}
+    for spec, p in zip(jax.tree.leaves(specs, is_leaf=is_spec), jax.tree.leaves(params)):
+      assert len(spec) == len(p.shape), spec
+      assert set(spec) <= known, spec  # a sharding rule for every axis
+      # t5x's standard factor rules cover T5's axes; ours must cover the rest
+      assert set(spec) - t5_axes <= set(partitioning.ADAFACTOR_FACTOR_RULES), spec
+
+
+@pytest.mark.parametrize('layout', LAYOUTS, ids=lambda d: '-'.join(f'{v}' for v in d.values()))
+def test_conditioning_regex_matches_exactly_what_a_variant_adds_to_t5(layout):
+  names = lambda cfg: set(traverse_util.flatten_dict(_abstract_variables(cfg)['params'],
+                                                     sep='/'))
+  added = names(tiny_config(**layout)) - names(tiny_config('mtl'))
+  matched = {n for n in names(tiny_config(**layout)) if re.search(CONDITIONING_PARAMS_REGEX, n)}
+  assert matched == added

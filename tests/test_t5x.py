@@ -13,7 +13,7 @@ from t5x import adafactor, decoding  # pylint: disable=g-import-not-at-top
 import hyperprompt_tasks
 from hyperprompt_jax import t5x_model
 from hyperprompt_jax.network import Transformer
-from tests.helpers import init_params, random_tokens, shift_right, tiny_config
+from tests.helpers import ALL_VARIANTS, init_params, random_tokens, shift_right, tiny_config
 
 
 def _model(decode_fn=decoding.beam_search):
@@ -70,7 +70,7 @@ def test_greedy_decoding_matches_our_decoder_and_depends_on_the_task():
   params = init_params(cfg)
   batch = _batch([2, 0, 1])
   t5x_out, _ = model.predict_batch_with_aux(params, batch, rng=jax.random.PRNGKey(0))
-  from hyperprompt_jax.decoding import greedy_decode  # pylint: disable=g-import-not-at-top
+  from hyperprompt_jax.models import greedy_decode  # pylint: disable=g-import-not-at-top
   ours = greedy_decode(Transformer(cfg), params, batch['encoder_input_tokens'],
                        batch['task_ids'], max_length=5)
   np.testing.assert_array_equal(np.asarray(t5x_out), np.asarray(ours))
@@ -79,10 +79,21 @@ def test_greedy_decoding_matches_our_decoder_and_depends_on_the_task():
   assert not np.array_equal(np.asarray(other)[1], np.asarray(t5x_out)[1])  # row 1: task 0 -> 2
 
 
-def test_factor_and_axis_rules_cover_our_axes():
-  rules = t5x_model.logical_factor_rules()
-  assert rules['tasks'] == adafactor.FactorDim.BATCH and rules['embed'] == adafactor.FactorDim.ROW
-  assert ('tasks', None) in t5x_model.additional_axis_rules()
+@pytest.mark.parametrize('variant', ALL_VARIANTS)
+def test_factor_and_axis_rules_cover_every_axis_of_every_variant(variant):
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from t5x import partitioning as t5x_partitioning  # pylint: disable=g-import-not-at-top
+  from hyperprompt_jax import models, partitioning  # pylint: disable=g-import-not-at-top
+  variables = models.init_variables_abstract(Transformer(tiny_config(variant)))
+  specs = traverse_util.flatten_dict(partitioning.params_logical_specs(variables))
+  axes = {a for spec in specs.values() for a in spec}
+  factor_rules = t5x_model.logical_factor_rules()
+  for dims in (1, 2):
+    rules = dict(t5x_partitioning.standard_logical_axis_rules(
+        parameter_partitioning_dims=dims, additional_rules=t5x_model.additional_axis_rules()))
+    assert axes <= set(rules), axes - set(rules)
+  assert axes <= set(factor_rules), axes - set(factor_rules)
+  assert factor_rules['tasks'] == adafactor.FactorDim.BATCH
 
 
 @pytest.mark.parametrize('size', ['small', 'base', 'xxl'])
@@ -92,7 +103,8 @@ def test_t5x_model_gin_files_build_the_model(size):
   gin.clear_config()
   gin.add_config_file_search_path(gin_utils.GIN_DIR)
   gin.parse_config_files_and_bindings(
-      [f'{gin_utils.GIN_DIR}/t5x/models/{size}.gin', f'{gin_utils.GIN_DIR}/variants/global.gin'],
+      [f'{gin_utils.GIN_DIR}/models/{size}.gin', f'{gin_utils.GIN_DIR}/t5x/hyperprompt.gin',
+       f'{gin_utils.GIN_DIR}/variants/global.gin'],
       ['DROPOUT_RATE = 0.1', 'hyperprompt_jax.t5x_model._built_model.model = %MODEL'])
   model = t5x_model._built_model()  # pylint: disable=protected-access
   gin.clear_config()

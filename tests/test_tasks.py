@@ -12,7 +12,7 @@ import sentencepiece as spm
 import tensorflow_datasets as tfds
 
 import hyperprompt_tasks
-from hyperprompt_tasks import benchmarks, demo, metrics, task_table
+from hyperprompt_tasks import demo, glue_super_glue, metrics, task_table
 from hyperprompt_tasks.feature_converter import TaskIdEncDecFeatureConverter
 
 LENGTHS = {'inputs': 512, 'targets': 64}
@@ -143,7 +143,7 @@ def test_benchmark_scores_average_task_scores():
 @pytest.mark.parametrize('benchmark', ['glue', 'super_glue'])
 def test_mixtures_sample_every_task_at_the_documented_rate(benchmark):
   mixture = seqio.get_mixture_or_task(f'hyperprompt_{benchmark}')
-  rates = benchmarks.mixture_rates(benchmark)
+  rates = glue_super_glue.mixture_rates(benchmark)
   total = sum(rates.values())
   n = 3000
   with tfds.testing.mock_data(num_examples=8):
@@ -155,9 +155,9 @@ def test_mixtures_sample_every_task_at_the_documented_rate(benchmark):
     p = rate / total
     observed = counts[table[short]] / n
     assert abs(observed - p) < 4.5 * np.sqrt(p * (1 - p) / n) + 1e-3, (short, observed, p)
-  temp = benchmarks.mixture_rates(benchmark, temperature=2.0)
+  temp = glue_super_glue.mixture_rates(benchmark, temperature=2.0)
   assert temp['rte'] == pytest.approx(np.sqrt(2490))
-  capped = benchmarks.mixture_rates('glue', cap=1000)
+  capped = glue_super_glue.mixture_rates('glue', cap=1000)
   assert capped['mnli'] == 1000 and capped['rte'] == 1000
 
 

@@ -38,7 +38,7 @@ def _train_losses(model_dir):
 
 def _demo(model_dir, steps, *extra, devices=1, check=True):
   return _cli('train', '--gin_file=runs/demo.gin', f'--gin.MODEL_DIR={model_dir}',
-              f'--gin.TRAIN_STEPS={steps}', '--gin.training.train.save_every_steps=3', *FAST, *extra,
+              f'--gin.TRAIN_STEPS={steps}', '--gin.train.train.save_every_steps=3', *FAST, *extra,
               devices=devices, check=check)
 
 
@@ -55,7 +55,7 @@ def test_demo_trains_checkpoints_restores_evaluates_and_infers(tmp_path):
   assert sorted(os.listdir(os.path.join(run, 'checkpoints'))) == ['3', '6']
   assert any(n.startswith('events.out.tfevents') for n in os.listdir(run))
   proc = _cli('eval', '--gin_file=runs/eval_demo.gin', f'--gin.MODEL_DIR={run}',
-              '--gin.run_eval.evaluate_run.max_examples=20')
+              '--gin.eval.evaluate.max_examples=20')
   record = json.loads(proc.stdout.strip().splitlines()[-1])
   assert record['step'] == 6 and 'eval/average' in record
   assert 'eval/hyperprompt_demo_sentiment/accuracy' in record
@@ -85,7 +85,7 @@ def test_sigterm_saves_and_a_rerun_continues_with_identical_losses(tmp_path):
   full, cut = str(tmp_path / 'full'), str(tmp_path / 'cut')
   steps = 60
   args = ['--gin_file=runs/demo.gin', f'--gin.MODEL_DIR={cut}', f'--gin.TRAIN_STEPS={steps}',
-          '--gin.training.train.save_every_steps=1000', '--gin.network.HyperPromptConfig.dropout_rate=0.1',
+          '--gin.train.train.save_every_steps=1000', '--gin.network.HyperPromptConfig.dropout_rate=0.1',
           *FAST]
   proc = subprocess.Popen([sys.executable, '-m', 'hyperprompt_jax.train', *args], env=_env(),
                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -101,7 +101,7 @@ def test_sigterm_saves_and_a_rerun_continues_with_identical_losses(tmp_path):
   saved = [int(s) for s in os.listdir(os.path.join(cut, 'checkpoints'))]
   assert len(saved) == 1 and 5 <= saved[0] < steps
   _cli('train', *args)  # the same command continues
-  _demo(full, steps, '--gin.training.train.save_every_steps=1000',
+  _demo(full, steps, '--gin.train.train.save_every_steps=1000',
         '--gin.network.HyperPromptConfig.dropout_rate=0.1')
   a, b = _train_losses(full), _train_losses(cut)
   assert sorted(b) == list(range(1, steps + 1))
@@ -111,7 +111,7 @@ def test_sigterm_saves_and_a_rerun_continues_with_identical_losses(tmp_path):
 def test_bad_configuration_fails_fast_with_one_line(tmp_path):
   run = str(tmp_path / 'run')
   cases = [
-      (['--gin.training.train.not_a_setting=1'], 'Unknown gin binding'),
+      (['--gin.train.train.not_a_setting=1'], 'Unknown gin binding'),
       (['--gin.network.HyperPromptConfig.num_tasks=3'], 'num_tasks=3'),
   ]
   for extra, expected in cases:
@@ -132,7 +132,7 @@ def test_bad_configuration_fails_fast_with_one_line(tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   run = str(tmp_path / 'run')
   _demo(run, 3)
-  proc = _demo(run, 6, '--gin.training.train.z_loss=1e39', check=False)  # log(Z)^2 * 1e39 overflows
+  proc = _demo(run, 6, '--gin.train.train.z_loss=1e39', check=False)  # log(Z)^2 * 1e39 overflows
   assert proc.returncode != 0
   assert 'Loss is' in proc.stderr.strip().splitlines()[-1]
   assert 'step 3' in proc.stderr.strip().splitlines()[-1]

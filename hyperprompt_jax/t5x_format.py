@@ -1,6 +1,6 @@
-"""T5X checkpoints without t5x: read a checkpoint_N's parameters ('target'), or write ours
-in t5x's orbax layout (`python -m hyperprompt_jax.t5x_checkpoints --checkpoint MODEL_DIR
---output DIR` writes DIR/checkpoint_<step>, which t5x's launcher restores).
+"""The T5X checkpoint format, read and written without t5x: a checkpoint_N's parameters
+('target'), or ours written in t5x's orbax layout (`python -m hyperprompt_jax.checkpoints
+to-t5x --checkpoint MODEL_DIR --output DIR` writes DIR/checkpoint_<step>).
 
 Two formats exist:
   * orbax (t5x today): checkpoint_N/state/ is an orbax PyTree with 'target' and 'state';
@@ -76,26 +76,3 @@ def save_t5x_checkpoint(params: Dict[str, Any], directory: str, step: int) -> st
                       {'target': params, 'state': {'step': np.int32(step)}})
   return path
 
-
-def main(argv=None):
-  import argparse  # pylint: disable=import-outside-toplevel
-  from hyperprompt_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(description='Export one of our checkpoints for t5x.')
-  parser.add_argument('--checkpoint', required=True, help='MODEL_DIR or a step directory')
-  parser.add_argument('--output', required=True, help='folder for checkpoint_<step>')
-  parser.add_argument('--step', type=int, default=None,
-                      help='step number to record (default: the checkpoint\'s own)')
-  args = parser.parse_args(argv)
-  params = checkpoints.load_params(args.checkpoint)
-  step = args.step
-  if step is None:
-    name = os.path.basename(os.path.abspath(args.checkpoint).rstrip('/'))
-    step = int(name) if name.isdigit() else 0
-    steps_dir = os.path.join(args.checkpoint, 'checkpoints')
-    if os.path.isdir(steps_dir):
-      step = max(int(n) for n in os.listdir(steps_dir) if n.isdigit())
-  print(save_t5x_checkpoint(params, args.output, step))
-
-
-if __name__ == '__main__':
-  main()

@@ -1,0 +1,131 @@
+"""The model around the network: initialisation, inputs of a batch, the loss (with per-task
+sums) and greedy decoding with the autoregressive cache.
+
+Everything here is a pure function of a `Transformer` and arrays; the trainer, evaluation,
+the analyses and the benchmarks share it. Nothing here knows seqio, gin or checkpoints.
+"""
+
+import functools
+from typing import Dict, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from hyperprompt_jax.config import HyperPromptConfig
+from hyperprompt_jax.network import Transformer
+from hyperprompt_jax.task_ids import token_tasks
+
+BATCH_KEYS_PACKED = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions',
+                     'decoder_positions')
+
+
+# --- initialisation ---------------------------------------------------------------------------
+
+def init_fn(model: Transformer):
+  """rng -> all variables (params and params_axes), from dummy inputs of any length."""
+  x = jnp.ones((1, 4), jnp.int32)
+  return lambda rng: model.init(rng, x, x, x, enable_dropout=False)
+
+
+def init_variables_abstract(model: Transformer):
+  """Shapes and dtypes of every variable, without allocating (XXL costs nothing)."""
+  return jax.eval_shape(init_fn(model), jax.random.PRNGKey(0))
+
+
+def init_params(model: Transformer, seed: int, shardings=None):
+  """Freshly initialised params, created directly in `shardings` (never on one host)."""
+  init = init_fn(model)
+  return jax.jit(lambda r: init(r)['params'], out_shardings=shardings)(
+      jax.random.PRNGKey(seed))
+
+
+def check_num_tasks(config: HyperPromptConfig, task_ids: Sequence[int]) -> None:
+  """The model's task table must hold every task id the data emits."""
+  if config.is_conditioned and task_ids and max(task_ids) >= config.num_tasks:
+    raise ValueError(f'The mixture uses task ids up to {max(task_ids)} but the model has '
+                     f'num_tasks={config.num_tasks}: set network.HyperPromptConfig.num_tasks '
+                     f'to at least {max(task_ids) + 1}.')
+
+
+# --- loss -------------------------------------------------------------------------------------
+
+def model_inputs(batch):
+  """Positional model arguments of a feature-converted batch."""
+  packed = [batch.get(k) for k in BATCH_KEYS_PACKED]
+  return (batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+          batch['decoder_target_tokens'], *packed)
+
+
+def cross_entropy_with_z_loss(logits, targets, z_loss: float):
+  """Per-token cross entropy plus T5's z-loss (z_loss * log(Z)^2): [batch, len]."""
+  logits = logits.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)  # [batch, len]
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return log_z - target_logit + z_loss * jnp.square(log_z)
+
+
+def loss_and_aux(model: Transformer, params, batch, rng, num_tasks: int, z_loss: float,
+                 enable_dropout: bool = True):
+  """Summed token loss and per-task sums/counts (for per-task losses)."""
+  cfg = model.config
+  logits = model.apply({'params': params}, *model_inputs(batch), enable_dropout=enable_dropout,
+                       rngs={'dropout': rng} if enable_dropout else None,
+                       task_ids=batch['task_ids'] if cfg.is_conditioned else None)
+  targets = batch['decoder_target_tokens']
+  weights = batch['decoder_loss_weights'].astype(jnp.float32)  # [batch, len]
+  token_loss = cross_entropy_with_z_loss(logits, targets, z_loss) * weights
+  tasks = token_tasks(batch['task_ids'], batch.get('decoder_segment_ids'), targets.shape[1])
+  onehot = jax.nn.one_hot(tasks, num_tasks) * weights[..., None]  # [batch, len, tasks]
+  aux = {'loss_sum': token_loss.sum(), 'tokens': weights.sum(),
+         'task_loss_sum': jnp.einsum('bl,blt->t', token_loss, onehot),
+         'task_tokens': onehot.sum((0, 1))}
+  return aux['loss_sum'], aux
+
+
+def metrics_of(aux: Dict[str, jnp.ndarray]) -> Dict[str, jnp.ndarray]:
+  """Mean loss and per-task mean losses from summed auxiliaries."""
+  tokens = jnp.maximum(aux['tokens'], 1.0)
+  return {'loss': aux['loss_sum'] / tokens,
+          'task_loss': aux['task_loss_sum'] / jnp.maximum(aux['task_tokens'], 1.0),
+          'task_tokens': aux['task_tokens']}
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def _compiled_greedy(config: HyperPromptConfig, max_length: int, eos_id: int):
+  model = Transformer(config)
+
+  @jax.jit
+  def run(params, encoder_input_tokens, task_ids):
+    task_ids = task_ids if config.is_conditioned else None
+    variables = {'params': params}
+    encoded = model.apply(variables, encoder_input_tokens, enable_dropout=False,
+                          task_ids=task_ids, method=Transformer.encode)
+    batch = encoder_input_tokens.shape[0]
+    shape = jnp.zeros((batch, max_length), jnp.int32)
+    _, init = model.apply(variables, encoded, encoder_input_tokens, shape, shape,
+                          enable_dropout=False, decode=True, task_ids=task_ids,
+                          mutable=['cache'], method=Transformer.decode)
+
+    def step(i, carry):
+      cache, token, out, done = carry
+      logits, new = model.apply({'params': params, 'cache': cache}, encoded,
+                                encoder_input_tokens, token, token, enable_dropout=False,
+                                decode=True, max_decode_length=max_length, task_ids=task_ids,
+                                mutable=['cache'], method=Transformer.decode)
+      nxt = jnp.where(done, 0, jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32))  # [batch]
+      return new['cache'], nxt[:, None], out.at[:, i].set(nxt), done | (nxt == eos_id)
+
+    carry = (init['cache'], jnp.zeros((batch, 1), jnp.int32), shape,
+             jnp.zeros((batch,), bool))
+    return jax.lax.fori_loop(0, max_length, step, carry)[2]
+  return run
+
+
+def greedy_decode(model: Transformer, params, encoder_input_tokens, task_ids, max_length: int,
+                  eos_id: int = 1):
+  """Greedy continuation of each row with the cache: [batch, max_length] tokens, 0 after EOS."""
+  return _compiled_greedy(model.config, max_length, eos_id)(params, encoder_input_tokens,
+                                                            task_ids)
+
