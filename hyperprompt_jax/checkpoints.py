@@ -33,7 +33,7 @@ class CheckpointError(ValueError):
 
 
 def _flat(tree) -> Dict[str, Any]:
-  return {'/'.join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+  return {'/'.join(k): v for k, v in traverse_util.flatten_dict(dict(tree)).items()}
 
 
 def shape_mismatches(stored, expected) -> List[str]:
@@ -125,12 +125,9 @@ def restore_params(model: Transformer, model_dir: str, step: Optional[int] = Non
   return store.restore_params(step, abstract), step
 
 
-def load_params(path: str) -> Dict[str, Any]:
-  """The 'params' tree (numpy) of a checkpoint: a T5X checkpoint_<step> directory (orbax or
-  the legacy format of the public T5.1.1 checkpoints), or one of ours (a step directory, a
-  checkpoints/ directory or a MODEL_DIR, whose latest step is taken)."""
-  if t5x_format.is_t5x_checkpoint(path):
-    return t5x_format.load_t5x_params(path)
+def _our_orbax_dir(path: str) -> str:
+  """The orbax directory of one of our checkpoints: a step directory, a checkpoints/
+  directory or a MODEL_DIR (whose latest step is taken)."""
   path = files.absolute(path).rstrip('/')
   for candidate in (os.path.join(path, 'checkpoints'), path):
     names = [n.rstrip('/') for n in gfile.listdir(candidate)] if gfile.isdir(candidate) else []
@@ -143,31 +140,68 @@ def load_params(path: str) -> Dict[str, Any]:
   for item in ('default', ''):
     directory = os.path.join(path, item) if item else path
     if gfile.isdir(directory) and gfile.exists(os.path.join(directory, '_METADATA')):
-      restored = ocp.StandardCheckpointer().restore(directory)
-      return jax.tree.map(np.asarray, restored['params'])
+      return directory
   raise CheckpointError(f'No orbax checkpoint found at {path}: point INITIAL_CHECKPOINT_PATH '
                         'at a step directory (MODEL_DIR/checkpoints/<step>).')
 
 
-def merge_params(initial, loaded) -> Tuple[Any, Dict[str, List[str]]]:
-  """Partial restore: loaded values where names and shapes agree, initial values elsewhere.
+def load_params(path: str) -> Dict[str, Any]:
+  """The whole 'params' tree (numpy, on this host) of a checkpoint: a T5X checkpoint_<step>
+  directory (orbax or legacy layout) or one of ours. For conversions; training restores
+  sharded with `load_initial_params`."""
+  if t5x_format.is_t5x_checkpoint(path):
+    return t5x_format.load_t5x_params(path)
+  restored = ocp.StandardCheckpointer().restore(_our_orbax_dir(path))
+  return jax.tree.map(np.asarray, restored['params'])
 
-  Returns the merged tree and a report: 'loaded', 'initialised' (new in this model),
-  'unused' (only in the checkpoint). A shape disagreement is an error.
-  """
-  init_flat, load_flat = _flat(initial), _flat(loaded)
-  wrong = [f'{k}: checkpoint {np.shape(load_flat[k])} vs model {tuple(init_flat[k].shape)}'
-           for k in init_flat if k in load_flat and
-           tuple(np.shape(load_flat[k])) != tuple(init_flat[k].shape)]
+
+def _orbax_source(directory: str, key: str):
+  """Stored shapes and a sharded partial reader of the subtree `key` of an orbax PyTree."""
+  metadata = ocp.PyTreeCheckpointer().metadata(directory)
+  tree = getattr(metadata, 'item_metadata', None) or metadata
+  tree = getattr(tree, 'tree', tree)
+  shapes = {k: tuple(v.shape) for k, v in _flat(tree[key]).items() if hasattr(v, 'shape')}
+
+  def read(wanted: Dict[str, jax.ShapeDtypeStruct]) -> Dict[str, jax.Array]:
+    item = {key: traverse_util.unflatten_dict({tuple(k.split('/')): v
+                                               for k, v in wanted.items()})}
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True))
+    return _flat(restored[key])
+  return shapes, read
+
+
+def _shape_errors(model_shapes: Dict[str, Tuple], stored_shapes: Dict[str, Tuple]) -> List[str]:
+  return [f'{k}: checkpoint {tuple(stored_shapes[k])} vs model {tuple(shape)}'
+          for k, shape in model_shapes.items()
+          if k in stored_shapes and tuple(stored_shapes[k]) != tuple(shape)]
+
+
+def load_initial_params(path: str, params, shardings) -> Tuple[Any, Dict[str, List[str]]]:
+  """INITIAL_CHECKPOINT_PATH into a freshly initialised model without a host copy of either:
+  every stored parameter the model has is read straight into its target sharding (each
+  process reads only the slices its devices hold); the others keep their on-device
+  initialisation. Returns the params and a report ('loaded', 'initialised', 'unused')."""
+  if t5x_format.is_orbax_layout(path):
+    shapes, read = _orbax_source(os.path.join(path, 'state'), 'target')
+  elif t5x_format.is_t5x_checkpoint(path):
+    shapes, read = t5x_format.legacy_source(path)
+  else:
+    shapes, read = _orbax_source(_our_orbax_dir(path), 'params')
+  init_flat, shard_flat = _flat(params), _flat(shardings)
+  wrong = _shape_errors({k: v.shape for k, v in init_flat.items()}, shapes)
   if wrong:
     raise CheckpointError(f'INITIAL_CHECKPOINT_PATH has parameters of other shapes '
                           f'({len(wrong)}, e.g. {wrong[0]}): use a checkpoint of this model size.')
-  merged = {k: (load_flat[k] if k in load_flat else v) for k, v in init_flat.items()}
-  report = {'loaded': sorted(k for k in init_flat if k in load_flat),
-            'initialised': sorted(k for k in init_flat if k not in load_flat),
-            'unused': sorted(k for k in load_flat if k not in init_flat)}
-  tree = traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in merged.items()})
-  return tree, report
+  wanted = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shard_flat[k])
+            for k, v in init_flat.items() if k in shapes}
+  loaded = read(wanted) if wanted else {}
+  merged = {k: loaded.get(k, v) for k, v in init_flat.items()}
+  report = {'loaded': sorted(loaded), 'initialised': sorted(set(init_flat) - set(loaded)),
+            'unused': sorted(set(shapes) - set(init_flat))}
+  return traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in merged.items()}), report
 
 
 def main(argv=None):

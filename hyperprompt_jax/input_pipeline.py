@@ -1,7 +1,7 @@
 """The trainer's seqio input pipeline: deterministic, per-host sharded, checkpointable."""
 
 import os
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -12,20 +12,41 @@ import hyperprompt_tasks
 from hyperprompt_tasks.feature_converter import TaskIdEncDecFeatureConverter
 
 
+def shards_for_rows(rows: Tuple[int, int], batch_size: int, num_shards: int) -> List[int]:
+  """The input shards that fill global batch rows [start, stop): shard i fills rows
+  [i * batch_size / num_shards, (i + 1) * batch_size / num_shards)."""
+  if batch_size % num_shards:
+    raise ValueError(f'BATCH_SIZE={batch_size} must divide evenly into {num_shards} input '
+                     'shards: change BATCH_SIZE or train.input_shards.')
+  per_shard = batch_size // num_shards
+  start, stop = rows
+  if start % per_shard or stop % per_shard:
+    raise ValueError(f'This process holds batch rows [{start}, {stop}), which {num_shards} '
+                     f'input shards of {per_shard} rows do not tile: make train.input_shards '
+                     'a multiple of the number of data-parallel process groups.')
+  return list(range(start // per_shard, stop // per_shard))
+
+
 def train_dataset(mixture_or_task_name: str, task_feature_lengths: Dict[str, int],
                   batch_size: int, seed: int, pack: bool = True, max_segments: int = 8,
-                  use_cached: bool = False) -> tf.data.Dataset:
-  """Infinite, shuffled, batched model features; each host reads only its own shard."""
+                  use_cached: bool = False, num_shards: int = 1,
+                  shard_indices: Sequence[int] = (0,)) -> tf.data.Dataset:
+  """Infinite, shuffled, batched model features of the given input shards (this process's
+  rows of the global batch, shard after shard). The global batch depends on `num_shards`
+  only, never on how many processes read it: shard i is the same data in any run."""
   provider = hyperprompt_tasks.get_mixture_or_task(mixture_or_task_name)
-  num_hosts = jax.process_count()
-  if batch_size % num_hosts:
-    raise ValueError(f'BATCH_SIZE={batch_size} must divide evenly over {num_hosts} hosts.')
-  shard = seqio.ShardInfo(index=jax.process_index(), num_shards=num_hosts)
-  ds = provider.get_dataset(task_feature_lengths, split='train', shuffle=True, seed=seed,
-                            num_epochs=None, shard_info=shard, use_cached=use_cached)
   converter = TaskIdEncDecFeatureConverter(pack=pack, max_segments=max_segments)
-  ds = converter(ds, task_feature_lengths)
-  return ds.batch(batch_size // num_hosts, drop_remainder=True).prefetch(2)
+  parts = []
+  for index in shard_indices:
+    ds = provider.get_dataset(task_feature_lengths, split='train', shuffle=True, seed=seed,
+                              num_epochs=None, use_cached=use_cached,
+                              shard_info=seqio.ShardInfo(index=index, num_shards=num_shards))
+    parts.append(converter(ds, task_feature_lengths).batch(batch_size // num_shards,
+                                                           drop_remainder=True))
+  if len(parts) == 1:
+    return parts[0].prefetch(2)
+  joined = tf.data.Dataset.zip(tuple(parts))
+  return joined.map(lambda *xs: {k: tf.concat([x[k] for x in xs], 0) for k in xs[0]}).prefetch(2)
 
 
 class CheckpointableIterator:

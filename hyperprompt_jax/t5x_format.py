@@ -10,25 +10,31 @@ Two formats exist:
 """
 
 import os
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Tuple
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
-from flax import serialization
+from flax import serialization, traverse_util
 from tensorflow.io import gfile
 
 
 def is_t5x_checkpoint(path: str) -> bool:
-  return (gfile.exists(os.path.join(path, 'checkpoint'))
-          or gfile.exists(os.path.join(path, 'state', '_METADATA')))
+  return gfile.exists(os.path.join(path, 'checkpoint')) or is_orbax_layout(path)
+
+
+def is_orbax_layout(path: str) -> bool:
+  """t5x's orbax layout: checkpoint_N/state/ holds an orbax PyTree ('target', 'state')."""
+  return gfile.exists(os.path.join(path, 'state', '_METADATA'))
 
 
 def _is_ts_spec(node) -> bool:
   return isinstance(node, dict) and 'driver' in node and 'kvstore' in node
 
 
-def _read_ts(spec: Dict[str, Any], ckpt_dir: str) -> np.ndarray:
+def _open_ts(spec: Dict[str, Any], ckpt_dir: str):
+  """The tensorstore of a leaf spec, opened (metadata only: nothing is read yet)."""
   spec = dict(spec)
   kvstore = dict(spec['kvstore'])
   rel = kvstore.pop('path', None) or spec.pop('path')
@@ -38,7 +44,11 @@ def _read_ts(spec: Dict[str, Any], ckpt_dir: str) -> np.ndarray:
   else:
     kvstore = {'driver': 'file', 'path': os.path.join(ckpt_dir, rel)}
   spec['kvstore'] = kvstore
-  return np.asarray(ts.open(spec).result().read().result())
+  return ts.open(spec).result()
+
+
+def _read_ts(spec: Dict[str, Any], ckpt_dir: str) -> np.ndarray:
+  return np.asarray(_open_ts(spec, ckpt_dir).read().result())
 
 
 def _resolve(node, ckpt_dir: str):
@@ -55,6 +65,12 @@ def load_t5x_params(path: str) -> Dict[str, Any]:
   if gfile.exists(os.path.join(path, 'state', '_METADATA')):
     restored = ocp.PyTreeCheckpointer().restore(os.path.join(path, 'state'))
     return _resolve(restored['target'], path)
+  return _resolve(_legacy_target(path), path)
+
+
+def _legacy_target(path: str):
+  """The legacy msgpack's 'target' tree: small arrays inline, large ones as tensorstore
+  specs of the folders beside it (nothing large is read here)."""
   legacy = os.path.join(path, 'checkpoint')
   if not gfile.exists(legacy):
     raise ValueError(f'{path} is not a T5X checkpoint (no state/ or checkpoint file): point '
@@ -64,7 +80,31 @@ def load_t5x_params(path: str) -> Dict[str, Any]:
   target = contents.get('optimizer', contents).get('target')
   if target is None:
     raise ValueError(f'{legacy} holds no optimizer target: not a T5X training checkpoint.')
-  return _resolve(target, path)
+  return target
+
+
+def legacy_source(path: str) -> Tuple[Dict[str, Tuple], Callable]:
+  """Stored shapes of a legacy T5X checkpoint's parameters, and a reader that builds each
+  wanted parameter in its target sharding slice by slice (`jax.make_array_from_callback`:
+  this process reads only the slices its devices hold)."""
+  path = path.rstrip('/')
+  leaves = {'/'.join(k): v for k, v in traverse_util.flatten_dict(
+      _legacy_target(path), is_leaf=lambda _, v: _is_ts_spec(v)).items()}
+  stores = {k: _open_ts(v, path) if _is_ts_spec(v) else np.asarray(v) for k, v in leaves.items()}
+  shapes = {k: tuple(v.shape) for k, v in stores.items()}
+
+  def read(wanted):
+    out = {}
+    for name, target in wanted.items():
+      store = stores[name]
+
+      def slice_of(index, store=store, dtype=target.dtype):
+        part = store[index]
+        part = part if isinstance(part, np.ndarray) else part.read().result()
+        return np.asarray(part).astype(dtype)
+      out[name] = jax.make_array_from_callback(target.shape, target.sharding, slice_of)
+    return out
+  return shapes, read
 
 
 def save_t5x_checkpoint(params: Dict[str, Any], directory: str, step: int) -> str:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
 from tensorflow.io import gfile
 
 import hyperprompt_tasks
@@ -57,15 +58,25 @@ class MetricsLog:
 
 
 class Preemption:
-  """SIGTERM sets a flag; the loop saves a checkpoint and exits 0."""
+  """SIGTERM: the loop saves a checkpoint and exits 0. With several processes, jax's
+  preemption sync manager (set up by jax.distributed, notified by SIGTERM) picks one step
+  that every process reaches, so all of them save the same step."""
 
   def __init__(self):
-    self.requested = False
-    signal.signal(signal.SIGTERM, self._handle)
+    self.multi_process = jax.process_count() > 1
+    self._signalled = False
+    if not self.multi_process:
+      signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._signalled = True
+
+  def requested(self, step: int) -> bool:
+    """Call once per step, on every process."""
+    if self.multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
 
 
 @gin.configurable
@@ -79,8 +90,16 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           eval_max_examples: Optional[int] = None, pack: bool = True, max_segments: int = 8,
           trainable_regex: str = '.*', frozen_regex: Optional[str] = None,
           num_microbatches: int = 1, z_loss: float = 1e-4,
-          report_every_seconds: float = 10.0) -> Dict:
-  """Trains (or resumes) a run in `model_dir`; returns the last logged metrics."""
+          report_every_seconds: float = 10.0, parameter_partitioning_dims: int = 1,
+          activation_partitioning_dims: int = 1, input_shards: Optional[int] = None) -> Dict:
+  """Trains (or resumes) a run in `model_dir`; returns the last logged metrics.
+
+  parameter_partitioning_dims / activation_partitioning_dims: t5x's 1-D / 2-D sharding
+  (2 = parameters and optimizer state also split over 'data'). input_shards: how many
+  shards the global batch is read from (default: one per data-parallel process group, so
+  each process reads only its own); fix it to get the same batches on any number of
+  processes.
+  """
   prepare_model_dir(model_dir)
   if batch_size % num_microbatches:
     raise TrainingError(f'BATCH_SIZE={batch_size} is not divisible by num_microbatches='
@@ -88,7 +107,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   if config.variant == 'prompt_tuning' and pack:
     raise TrainingError("variant 'prompt_tuning' cannot use packed rows: bind train.pack = False.")
   models.check_num_tasks(config, hyperprompt_tasks.task_ids_of(mixture_or_task_name))
-  part = partitioning.Partitioner(num_partitions)
+  part = partitioning.Partitioner(num_partitions, parameter_partitioning_dims,
+                                  activation_partitioning_dims)
   model = Transformer(config)
   abstract = models.init_variables_abstract(model)
   param_shardings = part.param_shardings(abstract)
@@ -98,12 +118,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   store = checkpoints.CheckpointStore(model_dir, keep_checkpoints)
   latest = store.latest_step()
   if initial_checkpoint_path and latest is None:
-    merged, report = checkpoints.merge_params(jax.device_get(params),
-                                              checkpoints.load_params(initial_checkpoint_path))
+    params, report = checkpoints.load_initial_params(initial_checkpoint_path, params,
+                                                     param_shardings)
     log.info('Initial checkpoint %s: %d loaded, %d initialised (%s), %d unused (%s)',
-                 initial_checkpoint_path, len(report['loaded']), len(report['initialised']),
-                 report['initialised'], len(report['unused']), report['unused'])
-    params = jax.device_put(merged, param_shardings)
+             initial_checkpoint_path, len(report['loaded']), len(report['initialised']),
+             report['initialised'], len(report['unused']), report['unused'])
 
   optimizer = trainer.make_optimizer(learning_rate, params, trainable_regex, frozen_regex)
   opt_abstract = jax.eval_shape(optimizer.init, params)
@@ -113,8 +132,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   state_shardings = {'step': part.replicated, 'params': param_shardings,
                      'opt_state': opt_shardings}
 
+  rows, row_blocks = part.process_rows(batch_size)
+  shards = input_pipeline.shards_for_rows(rows, batch_size, input_shards or row_blocks)
   ds = input_pipeline.train_dataset(mixture_or_task_name, task_feature_lengths, batch_size,
-                                    data_seed, pack=pack, max_segments=max_segments)
+                                    data_seed, pack=pack, max_segments=max_segments,
+                                    num_shards=input_shards or row_blocks, shard_indices=shards)
   iterator = input_pipeline.CheckpointableIterator(ds)
   if latest is not None:
     abstract_state = jax.tree.map(
@@ -146,13 +168,14 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       last_saved = step
 
   for step in range(start, train_steps):
-    batch = part.shard_batch(next(iterator))
+    batch = part.shard_batch(next(iterator), batch_size)
     with part.context():
       state, metrics = train_step(state, batch)
     done = step + 1
     progress(done)
+    preempted = preemption.requested(done)
     must_check = (done % log_every_steps == 0 or done % save_every_steps == 0
-                  or done == train_steps or preemption.requested)
+                  or done == train_steps or preempted)
     if must_check:
       metrics = jax.device_get(metrics)
       loss = float(metrics['loss'])
@@ -175,7 +198,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           last_report = now
           log.info('step %d/%d  loss %.4f  %.1f steps/s', done, train_steps, loss,
                    record['steps_per_second'])
-    if done % save_every_steps == 0 or done == train_steps or preemption.requested:
+    if done % save_every_steps == 0 or done == train_steps or preempted:
       save(done)
     if eval_every_steps and (done % eval_every_steps == 0 or done == train_steps):
       record = evaluation.evaluate_step(model, state['params'], mixture_or_task_name,
@@ -183,7 +206,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                                         max_examples=eval_max_examples)
       metrics_log.write(record)
       writer.write_scalars(done, {k: v for k, v in record.items() if k != 'step'})
-    if preemption.requested:
+    if preempted:
       log.warning('SIGTERM: saved step %d in %s; rerun the same command to continue.',
                       done, model_dir)
       writer.flush()

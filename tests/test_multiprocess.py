@@ -1,0 +1,186 @@
+"""Pod scale on one machine: two processes x 4 simulated CPU devices (jax.distributed, gloo
+collectives) against one process with 8 devices — training with the model axis inside and
+across processes, from an INITIAL_CHECKPOINT_PATH, SIGTERM to both and resume, evaluation,
+sharded restore; and 2-D parameter sharding."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.test_training import FAST, REPO, _env, _train_losses
+
+DEMO = ['--gin_file=runs/demo.gin', *FAST, '--gin.train.train.save_every_steps=3']
+# 8 heads (of 8 dims): the demo model split 8 ways along 'model', across both processes.
+HEADS_8 = ['--gin.network.HyperPromptConfig.num_heads=8', '--gin.network.HyperPromptConfig.head_dim=8']
+
+
+def _port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _start_pair(module, args):
+  """Starts `python -m hyperprompt_jax.<module> args` as processes 0 and 1 of a 2-process
+  jax.distributed job, 4 CPU devices each."""
+  address = f'127.0.0.1:{_port()}'
+  procs = []
+  for index in (0, 1):
+    cmd = [sys.executable, '-m', f'hyperprompt_jax.{module}', *args,
+           f'--coordinator_address={address}', '--process_count=2', f'--process_index={index}']
+    procs.append(subprocess.Popen(cmd, env=_env(4), cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def _finish(procs, timeout=600):
+  outs = [p.communicate(timeout=timeout) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  return [out for out, _ in outs]
+
+
+def _two(module, *args):
+  return _finish(_start_pair(module, args))
+
+
+def _one(module, *args, devices=8):
+  proc = subprocess.run([sys.executable, '-m', f'hyperprompt_jax.{module}', *args],
+                        env=_env(devices), cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+def _assert_same_losses(a_dir, b_dir, steps):
+  a, b = _train_losses(a_dir), _train_losses(b_dir)
+  assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+  np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-4)
+
+
+@pytest.mark.parametrize('partitions', [8, 2])
+def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, partitions):
+  """NUM_PARTITIONS=8: the model axis spans both processes (each reads the whole batch);
+  NUM_PARTITIONS=2: data parallel over processes (each reads its own input shard)."""
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+  args = [*DEMO, *HEADS_8, f'--gin.NUM_PARTITIONS={partitions}',
+          '--gin.train.train.input_shards=2']
+  _one('train', *args, f'--gin.MODEL_DIR={one}', '--gin.TRAIN_STEPS=4')
+  _two('train', *args, f'--gin.MODEL_DIR={two}', '--gin.TRAIN_STEPS=4')
+  _assert_same_losses(one, two, 4)
+  assert sorted(os.listdir(os.path.join(two, 'checkpoints'))) == ['3', '4']
+  assert sorted(os.listdir(os.path.join(two, 'input_state', 'step_4'))) == [
+      'host_0.data-00000-of-00001', 'host_0.index', 'host_1.data-00000-of-00001',
+      'host_1.index']
+  with open(os.path.join(two, 'metrics.jsonl')) as f:  # written once, by process 0
+    assert [json.loads(line)['step'] for line in f] == [1, 2, 3, 4]
+  _one('train', *args, f'--gin.MODEL_DIR={one}', '--gin.TRAIN_STEPS=6')  # resume
+  _two('train', *args, f'--gin.MODEL_DIR={two}', '--gin.TRAIN_STEPS=6')
+  _assert_same_losses(one, two, 6)
+  if partitions == 2:
+    return
+  evaluate = ['--gin_file=runs/eval_demo.gin', *HEADS_8, '--gin.eval.evaluate.max_examples=8',
+              '--gin.eval.evaluate.batch_size=8']
+  single = json.loads(_one('eval', *evaluate, f'--gin.MODEL_DIR={one}').splitlines()[-1])
+  pair = [json.loads(out.splitlines()[-1])
+          for out in _two('eval', *evaluate, f'--gin.MODEL_DIR={two}')]
+  assert pair[0] == pair[1]
+  assert pair[0].keys() == single.keys() and pair[0]['step'] == 6
+  np.testing.assert_allclose([pair[0][k] for k in sorted(single)],
+                             [single[k] for k in sorted(single)], atol=1e-6)
+
+
+def test_two_processes_start_from_an_initial_checkpoint_like_one(tmp_path):
+  start, one, two = (str(tmp_path / n) for n in ('start', 'one', 'two'))
+  _one('train', *DEMO, *HEADS_8, f'--gin.MODEL_DIR={start}', '--gin.TRAIN_STEPS=3', devices=1)
+  args = [*DEMO, *HEADS_8, '--gin.NUM_PARTITIONS=8', f'--gin.INITIAL_CHECKPOINT_PATH={start}',
+          '--gin.TRAIN_STEPS=3']
+  _one('train', *args, f'--gin.MODEL_DIR={one}')
+  _two('train', *args, f'--gin.MODEL_DIR={two}')
+  _assert_same_losses(one, two, 3)
+  fresh = _train_losses(start)
+  assert _train_losses(one)[1] < fresh[1]  # it did start from the trained weights
+
+
+def test_sigterm_to_both_processes_saves_one_step_and_a_rerun_continues(tmp_path):
+  full, cut = str(tmp_path / 'full'), str(tmp_path / 'cut')
+  steps = 40
+  args = [*DEMO, f'--gin.TRAIN_STEPS={steps}', '--gin.train.train.save_every_steps=1000',
+          '--gin.NUM_PARTITIONS=2', '--gin.train.train.input_shards=2',
+          '--gin.network.HyperPromptConfig.dropout_rate=0.1']
+  procs = _start_pair('train', [*args, f'--gin.MODEL_DIR={cut}'])
+  deadline = time.time() + 300
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if os.path.exists(os.path.join(cut, 'metrics.jsonl')) and len(_train_losses(cut)) >= 3:
+      break
+    time.sleep(0.05)
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+  _finish(procs)
+  saved = [int(s) for s in os.listdir(os.path.join(cut, 'checkpoints'))]
+  assert len(saved) == 1 and 3 <= saved[0] < steps  # one consistent step for both
+  _two('train', *args, f'--gin.MODEL_DIR={cut}')
+  _one('train', *args, f'--gin.MODEL_DIR={full}')
+  a, b = _train_losses(full), _train_losses(cut)
+  assert sorted(b) == list(range(1, steps + 1))
+  np.testing.assert_allclose([b[s] for s in range(1, steps + 1)],
+                             [a[s] for s in range(1, steps + 1)], rtol=1e-4)
+
+
+def test_restore_reads_only_this_processes_shards(tmp_path):
+  """With the model axis across both processes, each holds half of every sharded parameter
+  and no process holds a full host copy; the values are the checkpoint's."""
+  start = str(tmp_path / 'start')
+  _one('train', *DEMO, *HEADS_8, f'--gin.MODEL_DIR={start}', '--gin.TRAIN_STEPS=3', devices=1)
+  address = f'127.0.0.1:{_port()}'
+  worker = os.path.join(REPO, 'tests', 'restore_worker.py')
+  procs = [subprocess.Popen([sys.executable, worker, start, address, str(i)], env=_env(4),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in (0, 1)]
+  results = [json.loads(out.split('RESULT ', 1)[1]) for out in _finish(procs)]
+  from hyperprompt_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  stored = traverse_util.flatten_dict(checkpoints.load_params(start), sep='/')
+  for result in results:
+    assert result['loaded'] == len(stored)
+    arrays = result['arrays']
+    split = [n for n, a in arrays.items() if not a['fully_addressable']]
+    assert 'token_embedder/embedding' in split and 'decoder/logits_dense/kernel' in split
+    for name in split:
+      assert arrays[name]['local_bytes'] * 2 == arrays[name]['full_bytes'], name
+    for name, a in arrays.items():
+      np.testing.assert_allclose(a['sum'], float(stored[name].sum()), rtol=1e-4, atol=1e-4)
+
+
+_SHARDING_CHECK = '''
+import jax
+from hyperprompt_jax import gin_utils, models, partitioning
+from hyperprompt_jax.network import Transformer
+cfg = gin_utils.model_config(['models/demo.gin'])
+abstract = models.init_variables_abstract(Transformer(cfg))
+for dims in (1, 2):
+  specs = partitioning.Partitioner(4, parameter_partitioning_dims=dims).param_shardings(abstract)
+  print(dims, specs['token_embedder']['embedding'].spec,
+        specs['encoder']['layers_0']['mlp']['wi_0']['kernel'].spec)
+'''
+
+
+def test_two_dimensional_parameter_sharding_gives_the_same_losses(tmp_path):
+  out = subprocess.run([sys.executable, '-c', _SHARDING_CHECK], env=_env(8), cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.strip().splitlines()
+  assert lines[0] == "1 PartitionSpec('model', None) PartitionSpec(None, 'model')"
+  assert lines[1] == "2 PartitionSpec('model', 'data') PartitionSpec('data', 'model')"
+  one_d, two_d = str(tmp_path / 'one_d'), str(tmp_path / 'two_d')
+  args = [*DEMO, '--gin.NUM_PARTITIONS=4', '--gin.TRAIN_STEPS=3']
+  _one('train', *args, f'--gin.MODEL_DIR={one_d}')
+  _one('train', *args, f'--gin.MODEL_DIR={two_d}',
+       '--gin.train.train.parameter_partitioning_dims=2')
+  _assert_same_losses(one_d, two_d, 3)
