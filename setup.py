@@ -3,31 +3,31 @@
 from setuptools import setup
 
 INSTALL_REQUIRES = [
-    'jax==0.10.2',
-    'jaxlib==0.10.2',
-    'flax==0.12.8',
-    'optax==0.2.8',
-    'orbax-checkpoint==0.12.8',
-    'gin-config==0.5.0',
-    'seqio==0.0.20',
-    'tensorflow-cpu==2.21.0',
-    'tensorflow-text==2.21.1',
-    'tensorflow-datasets==4.9.10',
-    'clu==0.0.12',
-    'sentencepiece==0.2.3',
-    'tensorboard==2.21.0',
-    'importlib_resources==7.1.0',
-    'numpy==2.4.6',
-    'tensorstore==0.1.86',
+    'jax>=0.10.2,<0.11',
+    'jaxlib>=0.10.2,<0.11',
+    'flax>=0.12.8,<0.13',
+    'optax>=0.2.8,<0.3',
+    'orbax-checkpoint>=0.12.8,<0.13',
+    'gin-config>=0.5.0,<0.6',
+    'seqio>=0.0.20,<0.1',
+    'tensorflow-cpu>=2.21.0,<3',
+    'tensorflow-text>=2.21.1,<3',
+    'tensorflow-datasets>=4.9.10,<5',
+    'clu>=0.0.12,<0.1',
+    'sentencepiece>=0.2.3,<0.3',
+    'tensorboard>=2.21.0,<3',
+    'importlib_resources>=7.1.0,<8',
+    'numpy>=2.4.6,<3',
+    'tensorstore>=0.1.86,<0.2',
 ]
 
-HF_REQUIRES = ['transformers==5.23.0', 'safetensors==0.8.0', 'torch==2.13.0']
+HF_REQUIRES = ['transformers>=5.23.0,<6', 'safetensors>=0.8.0,<1', 'torch>=2.13.0,<3']
 
 setup(
     name='hyperprompt_jax',
     version='0.1.0',
     description='HyperPrompt: hypernetwork-generated prompts for multi-task T5, in JAX/Flax.',
-    python_requires='>=3.11,<3.12',
+    python_requires='>=3.11',
     packages=['hyperprompt_jax', 'hyperprompt_tasks'],
     package_dir={'hyperprompt_jax': 'hyperprompt_jax', 'hyperprompt_tasks': 'tasks'},
     package_data={'hyperprompt_tasks': ['data/*', 'vocab/*']},
@@ -35,6 +35,6 @@ setup(
     extras_require={
         'hf': HF_REQUIRES,
         # The tests cover the Hugging Face conversion too (torch's CPU build, ~1 minute).
-        'test': ['pytest==9.2.0'] + HF_REQUIRES,
+        'test': ['pytest>=9.2.0,<10'] + HF_REQUIRES,
     },
 )

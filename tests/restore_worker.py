@@ -28,7 +28,7 @@ def main():
     name = '/'.join(k.key for k in key)
     local = sum(s.data.nbytes for s in leaf.addressable_shards)
     out['arrays'][name] = {'local_bytes': int(local), 'full_bytes': int(leaf.nbytes),
-                           'fully_addressable': bool(leaf.is_fully_addressable),
+                           'replicated': bool(leaf.sharding.is_fully_replicated),
                            'sum': float(jax.jit(lambda x: x.sum(), out_shardings=part.replicated)(leaf))}
   print('RESULT ' + json.dumps(out))
 
