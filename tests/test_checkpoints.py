@@ -60,8 +60,9 @@ def test_t5_checkpoint_restores_into_every_variant(variant, tmp_path):
   directory = str(tmp_path / 'checkpoint_1')
   _write_legacy_t5x(directory, t5)
   cfg = tiny_config(variant)
-  initial = jax.tree.map(np.asarray, init_params(cfg, seed=5))
-  merged, report = checkpoints.merge_params(initial, checkpoints.load_params(directory))
+  initial = init_params(cfg, seed=5)
+  shardings = jax.tree.map(lambda x: x.sharding, initial)
+  merged, report = checkpoints.load_initial_params(directory, initial, shardings)
   flat_t5 = {'/'.join(k): v for k, v in traverse_util.flatten_dict(t5).items()}
   assert report['loaded'] == sorted(flat_t5) and not report['unused']
   assert report['initialised'] and all(k not in flat_t5 for k in report['initialised'])
@@ -76,9 +77,10 @@ def test_t5_checkpoint_restores_into_every_variant(variant, tmp_path):
 def test_shape_mismatch_is_named(tmp_path):
   directory = str(tmp_path / 'checkpoint_1')
   _write_legacy_t5x(directory, _t5_params())
-  initial = jax.tree.map(np.asarray, init_params(tiny_config('global', mlp_dim=40)))
+  initial = init_params(tiny_config('global', mlp_dim=40))
   with pytest.raises(checkpoints.CheckpointError, match='mlp/wi_0/kernel: checkpoint'):
-    checkpoints.merge_params(initial, checkpoints.load_params(directory))
+    checkpoints.load_initial_params(directory, initial,
+                                    jax.tree.map(lambda x: x.sharding, initial))
 
 
 def test_not_a_checkpoint_is_reported(tmp_path):
