@@ -22,6 +22,9 @@ INSTALL_REQUIRES = [
 ]
 
 HF_REQUIRES = ['transformers>=5.23.0,<6', 'safetensors>=0.8.0,<1', 'torch>=2.13.0,<3']
+# libtpu at the version jax pins: TPU VMs, and deviceless TPU compiles on any Linux x86 machine
+# (benchmarks/tpu_fit.py).
+TPU_REQUIRES = ['jax[tpu]>=0.10.2,<0.11; sys_platform == "linux" and platform_machine == "x86_64"']
 
 setup(
     name='hyperprompt_jax',
@@ -34,7 +37,9 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         'hf': HF_REQUIRES,
-        # The tests cover the Hugging Face conversion too (torch's CPU build, ~1 minute).
-        'test': ['pytest>=9.2.0,<10'] + HF_REQUIRES,
+        'tpu': TPU_REQUIRES,
+        # The tests cover the Hugging Face conversion (torch's CPU build, ~1 minute) and a
+        # deviceless TPU compile too.
+        'test': ['pytest>=9.2.0,<10'] + HF_REQUIRES + TPU_REQUIRES,
     },
 )

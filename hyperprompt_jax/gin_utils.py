@@ -148,9 +148,10 @@ def initialize_distributed(coordinator_address: Optional[str], process_count: Op
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU processes only
     jax.distributed.initialize(coordinator_address, process_count, process_index)
     return
-  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
-  if os.environ.get('HYPERPROMPT_MULTIHOST') or any(
-      os.environ.get(k) for k in _CLUSTER_ENV if k != 'TPU_WORKER_HOSTNAMES') or ',' in hosts:
+  hosts = [h for h in os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]
+  pod = len(hosts) > 1 and not any(' ' in h for h in hosts)  # not libtpu's warning text
+  if os.environ.get('HYPERPROMPT_MULTIHOST') or pod or any(
+      os.environ.get(k) for k in _CLUSTER_ENV if k != 'TPU_WORKER_HOSTNAMES'):
     import jax  # pylint: disable=import-outside-toplevel
     jax.distributed.initialize()
 

@@ -107,13 +107,15 @@ def params_logical_specs(variables):
 
 @dataclasses.dataclass
 class Partitioner:
-  """Mesh, logical rules and the shardings derived from them."""
+  """Mesh, logical rules and the shardings derived from them. `devices`: default all of
+  jax's devices (a deviceless TPU topology's devices for ahead-of-time compiles)."""
   num_partitions: int = 1
   parameter_partitioning_dims: int = 1
   activation_partitioning_dims: int = 1
+  devices: Optional[Sequence] = None
 
   def __post_init__(self):
-    self.mesh = create_mesh(self.num_partitions)
+    self.mesh = create_mesh(self.num_partitions, self.devices)
     self.rules = logical_axis_rules(self.parameter_partitioning_dims,
                                     self.activation_partitioning_dims)
 

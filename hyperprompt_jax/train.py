@@ -79,6 +79,23 @@ class Preemption:
     return self._signalled
 
 
+def jit_train_step(model: Transformer, optimizer, part: partitioning.Partitioner, params,
+                   param_shardings, *, seed: int = 0, z_loss: float = 1e-4,
+                   num_microbatches: int = 1):
+  """The trainer's jitted step with its state shardings. `params` may be abstract
+  (ShapeDtypeStructs): benchmarks/tpu_fit.py compiles this same step for a TPU topology."""
+  opt_abstract = jax.eval_shape(optimizer.init, params)
+  state_shardings = {'step': part.replicated, 'params': param_shardings,
+                     'opt_state': part.opt_state_shardings(opt_abstract, params,
+                                                           param_shardings)}
+  step_fn = trainer.make_train_step(model, optimizer, model.config.num_tasks, seed, z_loss,
+                                    num_microbatches)
+  with part.context():
+    step = jax.jit(step_fn, in_shardings=(state_shardings, None),
+                   out_shardings=(state_shardings, part.replicated), donate_argnums=(0,))
+  return step, state_shardings
+
+
 @gin.configurable
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Dict[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
@@ -125,12 +142,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
              report['initialised'], len(report['unused']), report['unused'])
 
   optimizer = trainer.make_optimizer(learning_rate, params, trainable_regex, frozen_regex)
-  opt_abstract = jax.eval_shape(optimizer.init, params)
-  opt_shardings = part.opt_state_shardings(opt_abstract, params, param_shardings)
-  opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+  train_step, state_shardings = jit_train_step(
+      model, optimizer, part, params, param_shardings, seed=seed, z_loss=z_loss,
+      num_microbatches=num_microbatches)
+  opt_state = jax.jit(optimizer.init, out_shardings=state_shardings['opt_state'])(params)
   state = {'step': jnp.asarray(0, jnp.int32), 'params': params, 'opt_state': opt_state}
-  state_shardings = {'step': part.replicated, 'params': param_shardings,
-                     'opt_state': opt_shardings}
 
   rows, row_blocks = part.process_rows(batch_size)
   shards = input_pipeline.shards_for_rows(rows, batch_size, input_shards or row_blocks)
@@ -145,11 +161,6 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     log.info('Resumed from %s at step %d.', model_dir, latest)
   start = int(state['step'])
 
-  step_fn = trainer.make_train_step(model, optimizer, config.num_tasks, seed, z_loss,
-                                    num_microbatches)
-  with part.context():
-    train_step = jax.jit(step_fn, in_shardings=(state_shardings, None),
-                         out_shardings=(state_shardings, part.replicated), donate_argnums=(0,))
   metrics_log = MetricsLog(model_dir, start)
   writer = metric_writers.create_default_writer(model_dir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=train_steps, writer=writer,
