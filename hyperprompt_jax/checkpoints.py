@@ -2,10 +2,12 @@
 input position beside each step), restoring a run's parameters, and reading any checkpoint
 as INITIAL_CHECKPOINT_PATH (ours or T5X's, via `t5x_format`). `hf_convert` builds on it.
 
-Layout under MODEL_DIR:
-  checkpoints/<step>/      orbax (train state: step, params, optimizer state)
+Layout under MODEL_DIR (t5x's checkpoint names):
+  checkpoint_<step>/       orbax (train state: step, params, optimizer state; the step's
+                           benchmark score when it was evaluated)
   input_state/step_<step>/ tf.data iterator position per host (written before the step's
                            orbax save finalises, so every finished checkpoint has one)
+The last `keep` checkpoints are kept, and beside them the one with the best benchmark score.
 
     python -m hyperprompt_jax.checkpoints to-t5x --checkpoint MODEL_DIR --output DIR
 writes the run's parameters as DIR/checkpoint_<step> in t5x's layout.
@@ -14,6 +16,7 @@ writes the run's parameters as DIR/checkpoint_<step> in t5x's layout.
 import argparse
 import logging
 import os
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import jax
@@ -46,17 +49,51 @@ def shape_mismatches(stored, expected) -> List[str]:
   return out
 
 
+STEP_PREFIX = 'checkpoint'
+OLD_LAYOUT = 'checkpoints'  # before t5x's names: MODEL_DIR/checkpoints/<step>/
+
+
+def step_of_path(path: str) -> Optional[int]:
+  """The step a checkpoint directory's name gives (checkpoint_<N>, or <N> of our old layout)."""
+  m = re.fullmatch(r'(?:checkpoint_)?(\d+)', os.path.basename(path.rstrip('/')))
+  return int(m.group(1)) if m else None
+
+
+def _score(metrics) -> float:
+  return float(metrics['score'])
+
+
 class CheckpointStore:
   """Saves and restores the train state of one run (MODEL_DIR)."""
 
-  def __init__(self, model_dir: str, keep: int = 3):
+  def __init__(self, model_dir: str, keep: int = 3, read_only: bool = False):
     self.model_dir = model_dir
     self.input_dir = os.path.join(model_dir, 'input_state')
+    old = os.path.join(model_dir, OLD_LAYOUT)
+    root = model_dir
+    if gfile.isdir(old) and any(n.rstrip('/').isdigit() for n in gfile.listdir(old)):
+      if not read_only:
+        raise CheckpointError(
+            f'{old} holds checkpoints in the old layout (checkpoints/<step>): rename each to '
+            f'{model_dir}/checkpoint_<step> (t5x\'s names) to continue this run, or use a new '
+            'MODEL_DIR.')
+      root, prefix = old, None
+    else:
+      prefix = STEP_PREFIX
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(n=keep),
+        ocp.checkpoint_managers.BestN(get_metric_fn=_score, n=1,
+                                      keep_checkpoints_without_metrics=False)])
+    self.root = os.path.join(files.absolute(root))
     self.manager = ocp.CheckpointManager(
-        os.path.join(files.absolute(model_dir), 'checkpoints'),
-        item_handlers=ocp.StandardCheckpointHandler(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+        self.root, item_handlers=ocp.StandardCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(step_prefix=prefix, create=not read_only,
+                                             preservation_policy=policy, read_only=read_only,
                                              enable_async_checkpointing=False))
+    self._prefix = prefix
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.root, f'{self._prefix}_{step}' if self._prefix else str(step))
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -69,10 +106,12 @@ class CheckpointStore:
     stored = self.manager.item_metadata(step)
     return getattr(stored, 'tree', stored)['params']
 
-  def save(self, step: int, state, iterator=None) -> None:
+  def save(self, step: int, state, iterator=None, score: Optional[float] = None) -> None:
+    """`score`: the step's benchmark score, if it was evaluated (the best is kept)."""
     if iterator is not None:
       iterator.save(self.input_dir, step)
-    self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    self.manager.save(step, args=ocp.args.StandardSave(state), force=True,
+                      metrics=None if score is None else {'score': float(score)})
     self.manager.wait_until_finished()
     if jax.process_index() == 0:
       input_pipeline.prune_input_states(self.input_dir, set(self.manager.all_steps()))
@@ -98,7 +137,7 @@ class CheckpointStore:
     """Only the parameters of a step (no optimizer state is read), into the shardings of
     `abstract_params` (ShapeDtypeStructs; without a sharding: this process's first device)."""
     self.check_fits(step, abstract_params)
-    directory = os.path.join(files.absolute(self.model_dir), 'checkpoints', str(step), 'default')
+    directory = os.path.join(self.step_dir(step), 'default')
     item = {'params': abstract_params}
     restore_args = ocp.checkpoint_utils.construct_restore_args(item)
     with ocp.PyTreeCheckpointer() as checkpointer:
@@ -110,7 +149,7 @@ class CheckpointStore:
 def restore_params(model: Transformer, model_dir: str, step: Optional[int] = None,
                    shardings=None):
   """(params, step) of `step` (default: the latest) of a run, checked against the model."""
-  store = CheckpointStore(model_dir)
+  store = CheckpointStore(model_dir, read_only=True)
   steps = store.all_steps()
   if not steps:
     raise CheckpointError(f'No checkpoint in {model_dir}: train first or point MODEL_DIR at '
@@ -126,14 +165,14 @@ def restore_params(model: Transformer, model_dir: str, step: Optional[int] = Non
 
 
 def _our_orbax_dir(path: str) -> str:
-  """The orbax directory of one of our checkpoints: a step directory, a checkpoints/
-  directory or a MODEL_DIR (whose latest step is taken)."""
+  """The orbax directory of one of our checkpoints: a step directory (checkpoint_<step>) or
+  a MODEL_DIR (whose latest step is taken)."""
   path = files.absolute(path).rstrip('/')
-  for candidate in (os.path.join(path, 'checkpoints'), path):
+  for candidate in (path, os.path.join(path, OLD_LAYOUT)):
     names = [n.rstrip('/') for n in gfile.listdir(candidate)] if gfile.isdir(candidate) else []
-    steps = sorted(int(n) for n in names if n.isdigit())
-    if steps:
-      path = os.path.join(candidate, str(steps[-1]))
+    steps = sorted((step_of_path(n), n) for n in names if step_of_path(n) is not None)
+    if steps and step_of_path(path) is None:
+      path = os.path.join(candidate, steps[-1][1])
       break
   if not gfile.isdir(path):
     raise CheckpointError(f'INITIAL_CHECKPOINT_PATH {path} is not a checkpoint directory.')
@@ -142,7 +181,7 @@ def _our_orbax_dir(path: str) -> str:
     if gfile.isdir(directory) and gfile.exists(os.path.join(directory, '_METADATA')):
       return directory
   raise CheckpointError(f'No orbax checkpoint found at {path}: point INITIAL_CHECKPOINT_PATH '
-                        'at a step directory (MODEL_DIR/checkpoints/<step>).')
+                        'at a step directory (MODEL_DIR/checkpoint_<step>).')
 
 
 def load_params(path: str) -> Dict[str, Any]:
@@ -183,13 +222,18 @@ def load_initial_params(path: str, params, shardings) -> Tuple[Any, Dict[str, Li
   """INITIAL_CHECKPOINT_PATH into a freshly initialised model without a host copy of either:
   every stored parameter the model has is read straight into its target sharding (each
   process reads only the slices its devices hold); the others keep their on-device
-  initialisation. Returns the params and a report ('loaded', 'initialised', 'unused')."""
+  initialisation. Returns the params and a report ('loaded', 'initialised', 'unused', and
+  'step': the checkpoint's step, from its name checkpoint_<step>, else 0)."""
   if t5x_format.is_orbax_layout(path):
     shapes, read = _orbax_source(os.path.join(path, 'state'), 'target')
+    step = step_of_path(path)
   elif t5x_format.is_t5x_checkpoint(path):
     shapes, read = t5x_format.legacy_source(path)
+    step = step_of_path(path)
   else:
-    shapes, read = _orbax_source(_our_orbax_dir(path), 'params')
+    directory = _our_orbax_dir(path)
+    shapes, read = _orbax_source(directory, 'params')
+    step = step_of_path(os.path.dirname(directory) if directory.endswith('default') else directory)
   init_flat, shard_flat = _flat(params), _flat(shardings)
   wrong = _shape_errors({k: v.shape for k, v in init_flat.items()}, shapes)
   if wrong:
@@ -200,7 +244,7 @@ def load_initial_params(path: str, params, shardings) -> Tuple[Any, Dict[str, Li
   loaded = read(wanted) if wanted else {}
   merged = {k: loaded.get(k, v) for k, v in init_flat.items()}
   report = {'loaded': sorted(loaded), 'initialised': sorted(set(init_flat) - set(loaded)),
-            'unused': sorted(set(shapes) - set(init_flat))}
+            'unused': sorted(set(shapes) - set(init_flat)), 'step': step or 0}
   return traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in merged.items()}), report
 
 
@@ -216,11 +260,7 @@ def main(argv=None):
   params = load_params(args.checkpoint)
   step = args.step
   if step is None:
-    name = os.path.basename(os.path.abspath(args.checkpoint).rstrip('/'))
-    step = int(name) if name.isdigit() else 0
-    steps_dir = os.path.join(args.checkpoint, 'checkpoints')
-    if os.path.isdir(steps_dir):
-      step = max(int(n) for n in os.listdir(steps_dir) if n.isdigit())
+    step = step_of_path(os.path.dirname(_our_orbax_dir(args.checkpoint))) or 0
   print(t5x_format.save_t5x_checkpoint(params, args.output, step))
 
 

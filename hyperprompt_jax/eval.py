@@ -1,9 +1,10 @@
 """The eval command, evaluation as its own job over a run's checkpoints:
 `python -m hyperprompt_jax.eval --gin_file=... --gin_file=runs/eval.gin --gin.MODEL_DIR=...`.
 
-Greedy decoding with the cache, each task's seqio metrics, the benchmark average; every
-evaluated step is appended to MODEL_DIR/metrics.jsonl (keys eval/...) and each task's best
-step is kept in MODEL_DIR/eval/best.json.
+Greedy decoding with the cache, each task's seqio metrics and the benchmark average, printed
+as a table per step. Everything goes to EVAL_OUTPUT_DIR (default MODEL_DIR/inference_eval,
+as in t5x): metrics.jsonl, predictions per task and step, TensorBoard and best.json. Nothing
+of the training job's is written, so eval can run beside it.
 """
 
 import json
@@ -12,9 +13,8 @@ import os
 from typing import Dict, Optional
 
 import gin
-import jax
 
-from hyperprompt_jax import checkpoints, evaluation, files, gin_utils
+from hyperprompt_jax import checkpoints, evaluation, gin_utils
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
@@ -23,27 +23,28 @@ log = logging.getLogger('hyperprompt_jax')
 
 @gin.configurable
 def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
-                 task_feature_lengths: Dict[str, int] = gin.REQUIRED,
-                 config: HyperPromptConfig = gin.REQUIRED, step: Optional[int] = None,
-                 split: str = 'validation', batch_size: int = 64,
-                 max_examples: Optional[int] = None, all_steps: bool = False) -> Dict:
+             task_feature_lengths: Dict[str, int] = gin.REQUIRED,
+             config: HyperPromptConfig = gin.REQUIRED, step: Optional[int] = None,
+             output_dir: Optional[str] = None, split: str = 'validation', batch_size: int = 64,
+             max_examples: Optional[int] = None, all_steps: bool = False) -> Dict:
   """Evaluates the latest (or given, or with all_steps every) saved step."""
   model = Transformer(config)
-  store = checkpoints.CheckpointStore(model_dir)
+  output = evaluation.EvalOutput(output_dir or os.path.join(model_dir, 'inference_eval'),
+                                 model_dir)
+  store = checkpoints.CheckpointStore(model_dir, read_only=True)
   steps = store.all_steps() if all_steps and step is None else [step]
-  results = {}
+  records = {}
   for s in steps:
     params, s = checkpoints.restore_params(model, model_dir, s)
-    record = evaluation.evaluate_step(model, params, mixture_or_task_name, task_feature_lengths,
-                                      batch_size, model_dir, s, split=split,
-                                      max_examples=max_examples)
-    if jax.process_index() == 0:
-      path = os.path.join(model_dir, 'metrics.jsonl')
-      files.JsonlAppender(path, files.read_jsonl(path)).write(record)
-    log.info('step %d: %s', s, record)
+    results, predictions = evaluation.evaluate(model, params, mixture_or_task_name,
+                                               task_feature_lengths, batch_size, split=split,
+                                               max_examples=max_examples)
+    output.write(s, results, predictions)
+    log.info('%s', evaluation.format_table(s, results))
+    record = evaluation.eval_record(s, results)
     print(json.dumps(record))
-    results[s] = record
-  return results
+    records[s] = record
+  return records
 
 
 def main(argv=None):

@@ -1,15 +1,18 @@
 """Evaluation, shared by the trainer's periodic evaluation and the eval command: greedy
 decoding per task, seqio postprocessors and metrics, the benchmark average, the evaluation
-record both write (`eval/<task>/<metric>`, `eval/average`) and T5's convention of reporting
-each task's best checkpoint (MODEL_DIR/eval/best.json)."""
+record (`eval/<task>/<metric>`, `eval/average`), the console table, and each job's own
+output directory (`EvalOutput`: MODEL_DIR/training_eval for the trainer, EVAL_OUTPUT_DIR,
+default MODEL_DIR/inference_eval, for the eval command) with T5's convention of reporting
+each task's best checkpoint (best.json)."""
 
 import json
 import logging
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+from clu import metric_writers
 from tensorflow.io import gfile
 
 import hyperprompt_tasks
@@ -45,10 +48,11 @@ def predict_tokens(model, params, inputs, task_ids, batch_size, max_length, inpu
 
 
 def evaluate(model, params, mixture_or_task_name: str, task_feature_lengths: Dict[str, int],
-             batch_size: int, split: str = 'validation',
-             max_examples: Optional[int] = None) -> Dict[str, Dict[str, float]]:
-  """Metrics of every task of the mixture that has `split`: {task name: {metric: value}}."""
-  results = {}
+             batch_size: int, split: str = 'validation', max_examples: Optional[int] = None
+             ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, List[Dict]]]:
+  """Every task of the mixture that has `split`: ({task: {metric: value}}, {task: rows of
+  inputs, target, prediction, task_id})."""
+  results, predictions = {}, {}
   for task in hyperprompt_tasks.tasks_of(mixture_or_task_name):
     if split not in task.splits or not task.metric_fns:
       continue
@@ -60,14 +64,23 @@ def evaluate(model, params, mixture_or_task_name: str, task_feature_lengths: Dic
                             [int(e['task_ids'][0]) for e in examples], batch_size,
                             task_feature_lengths['targets'], task_feature_lengths['inputs'])
     post = task.postprocess_fn or (lambda x, **_: x)
-    preds = [post(vocab.decode(t), example=e, is_target=False) for t, e in zip(tokens, examples)]
+    texts = [vocab.decode(t) for t in tokens]
+    preds = [post(t, example=e, is_target=False) for t, e in zip(texts, examples)]
     targets = [post(e['targets_pretokenized'].decode('utf-8'), example=e, is_target=True)
                for e in examples]
     scores = {}
     for fn in task.metric_fns:
       scores.update(fn(targets, preds))
     results[task.name] = scores
-  return results
+    predictions[task.name] = [
+        {'inputs': _text(e.get('inputs_pretokenized', b'')), 'target': _text(
+            e['targets_pretokenized']), 'prediction': text, 'task_id': int(e['task_ids'][0])}
+        for e, text in zip(examples, texts)]
+  return results, predictions
+
+
+def _text(value) -> str:
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
 
 
 def average_score(results: Dict[str, Dict[str, float]]) -> float:
@@ -75,25 +88,6 @@ def average_score(results: Dict[str, Dict[str, float]]) -> float:
   per_task = {hyperprompt_tasks.short_name(k): v for k, v in results.items()}
   tasks = [t for t in per_task if t != 'mnli_mismatched']
   return task_metrics.benchmark_score(per_task, tasks)
-
-
-def record_best(model_dir: str, step: int, results: Dict[str, Dict[str, float]]) -> Dict:
-  """Updates MODEL_DIR/eval/best.json: each task's best step and metrics so far, and the
-  average of those bests (Raffel et al.'s convention)."""
-  path = os.path.join(model_dir, 'eval', 'best.json')
-  gfile.makedirs(os.path.dirname(path))
-  best = {'tasks': {}}
-  if gfile.exists(path):
-    with gfile.GFile(path) as f:
-      best = json.load(f)
-  for task, scores in results.items():
-    score = task_metrics.task_score(scores)
-    if task not in best['tasks'] or score > best['tasks'][task]['score']:
-      best['tasks'][task] = {'step': step, 'score': score, 'metrics': scores}
-  best['average_of_best'] = average_score({t: v['metrics'] for t, v in best['tasks'].items()})
-  files.write_text_atomic(path, json.dumps(best, indent=1, sort_keys=True))
-  log.info('Best per task so far: %s', {t: v['step'] for t, v in best['tasks'].items()})
-  return best
 
 
 def eval_record(step: int, results: Dict[str, Dict[str, float]]) -> Dict:
@@ -107,13 +101,91 @@ def eval_record(step: int, results: Dict[str, Dict[str, float]]) -> Dict:
   return record
 
 
-def evaluate_step(model, params, mixture_or_task_name: str,
-                  task_feature_lengths: Dict[str, int], batch_size: int, model_dir: str,
-                  step: int, split: str = 'validation',
-                  max_examples: Optional[int] = None) -> Dict:
-  """Evaluates one step's params, updates best.json (process 0) and returns the record."""
-  results = evaluate(model, params, mixture_or_task_name, task_feature_lengths, batch_size,
-                     split=split, max_examples=max_examples)
-  if jax.process_index() == 0:
-    record_best(model_dir, step, results)
-  return eval_record(step, results)
+def results_of_record(record: Dict) -> Dict[str, Dict[str, float]]:
+  """eval_record's inverse: {task: {metric: value}}."""
+  results: Dict[str, Dict[str, float]] = {}
+  for key, value in record.items():
+    if key.startswith('eval/') and key.count('/') >= 2:
+      _, task, metric = key.split('/', 2)
+      results.setdefault(task, {})[metric] = value
+  return results
+
+
+def best_of(records: Sequence[Dict]) -> Dict:
+  """Each task's best step and metrics over evaluation records, and the average of those
+  bests (Raffel et al.'s convention); the earliest step wins a tie."""
+  best: Dict = {'tasks': {}}
+  for record in sorted(records, key=lambda r: r['step']):
+    for task, scores in results_of_record(record).items():
+      score = task_metrics.task_score(scores)
+      if task not in best['tasks'] or score > best['tasks'][task]['score']:
+        best['tasks'][task] = {'step': record['step'], 'score': score, 'metrics': scores}
+  if best['tasks']:
+    best['average_of_best'] = average_score({t: v['metrics'] for t, v in best['tasks'].items()})
+  return best
+
+
+def format_table(step: int, results: Dict[str, Dict[str, float]]) -> str:
+  """The console's per-task table of one evaluation, with the benchmark score."""
+  rows = [(hyperprompt_tasks.short_name(t), ', '.join(f'{m} {v:.2f}' for m, v in
+                                                       sorted(s.items())),
+           f'{task_metrics.task_score(s):.2f}') for t, s in sorted(results.items())]
+  head = ('task', 'metrics', 'score')
+  widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
+  line = lambda r: '  '.join(c.ljust(w) if i < 2 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(r, widths)))
+  body = '\n'.join(line(r) for r in rows)
+  return (f'evaluation at step {step}:\n{line(head)}\n{body}\n'
+          f'benchmark score: {average_score(results):.2f}')
+
+
+EVAL_DIRS = ('training_eval', 'inference_eval')  # t5x's names: the trainer's, the eval job's
+
+
+class EvalOutput:
+  """One evaluation job's outputs in its own directory (nothing another job writes):
+    metrics.jsonl             one record per evaluated step (appended, never rewritten)
+    <task>-<step>.jsonl       predictions: inputs, target, prediction, task_id
+    <task>/, average/         TensorBoard scalars (eval/<metric>, eval/average)
+    best.json                 each task's best step over every evaluation of the run (this
+                              directory and MODEL_DIR/{training_eval,inference_eval})
+  Written by process 0 only."""
+
+  def __init__(self, output_dir: str, model_dir: Optional[str] = None):
+    self.output_dir = output_dir
+    self.sources = [os.path.join(output_dir, 'metrics.jsonl')]
+    if model_dir:
+      self.sources += [os.path.join(model_dir, d, 'metrics.jsonl') for d in EVAL_DIRS
+                       if os.path.join(model_dir, d).rstrip('/') != output_dir.rstrip('/')]
+    self.active = jax.process_index() == 0
+    self._writers = {}
+    if self.active:
+      gfile.makedirs(output_dir)
+
+  def _writer(self, name: str):
+    if name not in self._writers:
+      self._writers[name] = metric_writers.create_default_writer(
+          os.path.join(self.output_dir, name), asynchronous=False)
+    return self._writers[name]
+
+  def write(self, step: int, results, predictions) -> Dict:
+    """Writes one evaluation; returns best.json's contents (empty off process 0)."""
+    if not self.active:
+      return {}
+    record = eval_record(step, results)
+    files.append_jsonl(self.sources[0], record)
+    for task, rows in predictions.items():
+      name = hyperprompt_tasks.short_name(task)
+      files.write_text_atomic(os.path.join(self.output_dir, f'{name}-{step}.jsonl'),
+                              ''.join(json.dumps(r) + '\n' for r in rows))
+    for task, scores in results.items():
+      writer = self._writer(hyperprompt_tasks.short_name(task))
+      writer.write_scalars(step, {f'eval/{m}': float(v) for m, v in scores.items()})
+      writer.flush()
+    if results:
+      self._writer('average').write_scalars(step, {'eval/average': record['eval/average']})
+      self._writer('average').flush()
+    best = best_of([r for path in self.sources for r in files.read_jsonl(path)])
+    files.write_text_atomic(os.path.join(self.output_dir, 'best.json'),
+                            json.dumps(best, indent=1, sort_keys=True))
+    return best

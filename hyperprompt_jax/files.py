@@ -30,6 +30,21 @@ def write_text_atomic(path: str, text: str) -> None:
   gfile.rename(tmp, path, overwrite=True)
 
 
+def append_jsonl(path: str, record: Dict) -> None:
+  """Appends one record (opened and closed per record, so several jobs can append to their
+  own files at once; object stores cannot append, so there the file is rewritten)."""
+  line = json.dumps(record) + '\n'
+  if is_remote(path):
+    text = ''
+    if gfile.exists(path):
+      with gfile.GFile(path) as f:
+        text = f.read()
+    write_text_atomic(path, text + line)
+    return
+  with open(path, 'a') as f:
+    f.write(line)
+
+
 class JsonlAppender:
   """Appends JSON records and flushes each one. Object stores (gs://) cannot append, so
   there the whole file is rewritten on every record."""

@@ -2,8 +2,9 @@
 and model configs read from the gin files (the one source of model sizes).
 
 Flags follow t5x: --gin_file (repeatable, stacked in order), --gin_search_paths (comma
-separated), --gin.NAME=VALUE (a binding; a bare word is taken as a string, so
---gin.MODEL_DIR=/tmp/run works without quotes). The project's gin/ folder is always on the
+separated), --gin_bindings (whole bindings) and --gin.NAME=VALUE (a value that parses as gin
+is gin; a bare word is a string, so --gin.MODEL_DIR=/tmp/run works without quotes); --help
+lists the macros of the files given. The project's gin/ folder is always on the
 search path. gin files use dynamic registration (as t5x's do), so the same model, size and
 variant files serve our trainer and t5x's launcher.
 """
@@ -30,33 +31,87 @@ class ConfigError(ValueError):
   """A configuration problem, reported as one line that names the fix."""
 
 
+_GIN_SYNTAX = tuple('@%[{(\'"')
+
+
 def _binding(arg: str) -> str:
+  """--gin.NAME=VALUE -> a gin binding. A value that is gin (a reference, a macro, a
+  container, a number, a quoted string, True/False/None) is taken as gin; only a bare word
+  (a path, a task name) becomes a string."""
   name, _, value = arg[len('--gin.'):].partition('=')
-  if not value:
+  if not name or not value:
     raise ConfigError(f'{arg}: write --gin.NAME=VALUE.')
+  value = value.strip()
+  if value.startswith(('@', '%')):  # checked once the files' imports are known
+    return f'{name} = {value}'
   try:
     gin.config.parse_value(value)
     return f'{name} = {value}'
-  except Exception:  # a bare word: a string
+  except Exception as e:  # pylint: disable=broad-except  (gin raises several kinds)
+    if value.startswith(_GIN_SYNTAX):
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      raise ConfigError(f'{arg}: the value does not parse as gin ({reason}): fix the brackets '
+                        'or quotes.') from None
     return f'{name} = {value!r}'
 
 
-def parse_flags(argv: Sequence[str], description: str):
-  """Splits argv into (argparse namespace, gin files, bindings)."""
-  parser = argparse.ArgumentParser(description=description)
+def parse_flags(argv: Sequence[str], description: str, prog: Optional[str] = None):
+  """Splits argv into (argparse namespace, gin files, bindings). t5x's flags: --gin_file,
+  --gin_search_paths, --gin_bindings (whole bindings, as gin writes them), --gin.NAME=VALUE."""
+  parser = argparse.ArgumentParser(prog=prog, description=description)
   parser.add_argument('--gin_file', action='append', default=[],
                       help='gin file (repeatable; later files override earlier ones)')
   parser.add_argument('--gin_search_paths', default='',
                       help='comma-separated folders in which gin files and includes are found')
+  parser.add_argument('--gin_bindings', action='append', default=[],
+                      help="a gin binding, e.g. \"MODEL_DIR = '/tmp/run'\" (repeatable)")
   parser.add_argument('--coordinator_address', default=None,
                       help='host:port of process 0 for jax.distributed (several processes)')
   parser.add_argument('--process_count', type=int, default=None,
                       help='number of processes (with --coordinator_address)')
   parser.add_argument('--process_index', type=int, default=None,
                       help='this process (0 .. process_count-1)')
+  parser.epilog = ('--gin.NAME=VALUE binds a macro or parameter (a bare word is a string). '
+                   'With --gin_file, --help also lists the macros of those files.')
   gin_args = [a for a in argv if a.startswith('--gin.')]
-  args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
-  return args, args.gin_file, [_binding(a) for a in gin_args]
+  args = parser.parse_args([a for a in argv if not a.startswith('--gin.')
+                            and a not in ('-h', '--help')])
+  if any(a in ('-h', '--help') for a in argv):
+    parser.print_help()
+    if args.gin_file:
+      print('\nmacros of ' + ', '.join(args.gin_file) + ':')
+      print(macros_help(args.gin_file, args.gin_search_paths))
+    sys.exit(0)
+  return args, args.gin_file, list(args.gin_bindings) + [_binding(a) for a in gin_args]
+
+
+def macros_help(gin_files: List[str], search_paths: str = '') -> str:
+  """'  NAME = value' for every macro the files define (REQUIRED ones say so)."""
+  gin.clear_config()
+  parse_config(gin_files, [], search_paths)
+  lines = []
+  for name in sorted(_macro_names()):
+    value = gin.query_parameter(f'%{name}')
+    text = 'REQUIRED' if repr(value) == '%gin.REQUIRED' else repr(value)
+    lines.append(f'  {name} = {text}')
+  gin.clear_config()
+  return '\n'.join(lines)
+
+
+def _macro_names() -> List[str]:
+  names = []
+  for (scope, selector), _ in list(gin.config._CONFIG.items()):  # pylint: disable=protected-access
+    if selector.endswith('gin.macro') or selector == 'gin.macro':
+      names.append(scope)
+  return names
+
+
+def write_config(model_dir: str) -> None:
+  """The run's whole gin configuration as MODEL_DIR/config.gin (re-parseable), as t5x does."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_index() == 0:
+    from hyperprompt_jax import files  # pylint: disable=import-outside-toplevel
+    files.write_text_atomic(os.path.join(model_dir, 'config.gin'), gin.config_str())
 
 
 @contextlib.contextmanager
@@ -90,6 +145,9 @@ def parse_config(gin_files: List[str], bindings: List[str], search_paths: str = 
       gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
   except (ValueError, IOError, KeyError, SyntaxError) as e:
     first = str(e).strip().splitlines()[0]
+    if 'No configurable matching reference' in first:
+      raise ConfigError(f'Unknown configurable in a reference: {first} — check the name and '
+                        'that a gin file imports its module.') from None
     if any(s in first for s in ('No configurable matching', "doesn't have a parameter",
                                 'Unknown', 'not found')):
       raise ConfigError(f'Unknown gin binding: {first} — check the spelling against the gin '
@@ -100,15 +158,13 @@ def parse_config(gin_files: List[str], bindings: List[str], search_paths: str = 
 def check_required_macros() -> None:
   """A macro left at %gin.REQUIRED is reported by name (gin passes it on silently)."""
   missing = []
-  for (scope, selector), _ in list(gin.config._CONFIG.items()):  # pylint: disable=protected-access
-    if selector.endswith('gin.macro') or selector == 'gin.macro':
-      name = scope
-      try:
-        value = gin.query_parameter(f'%{name}')
-      except ValueError:
-        continue
-      if repr(value) == '%gin.REQUIRED':
-        missing.append(name)
+  for name in _macro_names():
+    try:
+      value = gin.query_parameter(f'%{name}')
+    except ValueError:
+      continue
+    if repr(value) == '%gin.REQUIRED':
+      missing.append(name)
   if missing:
     raise ConfigError(f'required gin macro {", ".join(sorted(missing))} is not set: pass '
                       f'--gin.{sorted(missing)[0]}=... (see the header of the run gin file).')
@@ -163,15 +219,15 @@ def run_command(module: str, function: str, description: str, argv=None, show=No
     result = getattr(importlib.import_module(module), function)()
     if show is not None:
       show(result)
-  run_main(call, description, argv)
+  run_main(call, description, argv, prog=f'python -m {module}')
 
 
-def run_main(fn, description: str, argv=None) -> None:
+def run_main(fn, description: str, argv=None, prog: Optional[str] = None) -> None:
   """Parses flags and config, runs `fn()`, and turns configuration errors into one line."""
   setup_logging()
   argv = sys.argv[1:] if argv is None else argv
   try:
-    args, files, bindings = parse_flags(argv, description)
+    args, files, bindings = parse_flags(argv, description, prog)
     initialize_distributed(args.coordinator_address, args.process_count, args.process_index)
     parse_config(files, bindings, args.gin_search_paths)
     check_required_macros()

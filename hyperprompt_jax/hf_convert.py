@@ -146,7 +146,7 @@ def main(argv=None):
   if args.command == 'to-ours':
     hf_config, state = read_hf_dir(args.hf_dir)
     params = hf_to_params(state, config_from_hf(hf_config))
-    path = os.path.join(os.path.abspath(args.output), 'checkpoints', '0', 'default')
+    path = os.path.join(os.path.abspath(args.output), 'checkpoint_0', 'default')
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(path, {'params': params})
     print(path)

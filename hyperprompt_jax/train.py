@@ -3,8 +3,12 @@ is the loop (input, steps, checkpoints, logging, periodic evaluation), configure
 
 Macros (t5x's names): MODEL_DIR, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, TRAIN_STEPS,
 BATCH_SIZE, INITIAL_CHECKPOINT_PATH (optional), NUM_PARTITIONS (model-parallel size).
-Writes MODEL_DIR/checkpoints, MODEL_DIR/metrics.jsonl (one JSON object per logged step),
-TensorBoard scalars and, with periodic evaluation, MODEL_DIR/eval/.
+TRAIN_STEPS is the absolute step to stop at (t5x's convention): a run from an
+INITIAL_CHECKPOINT_PATH starts at that checkpoint's step. Writes MODEL_DIR/checkpoint_<step>,
+MODEL_DIR/metrics.jsonl (one JSON object per logged step and per evaluation), TensorBoard
+under MODEL_DIR/train and, with periodic evaluation, MODEL_DIR/training_eval/ (see
+evaluation.EvalOutput); the console shows progress with an ETA, a table per evaluation and
+a summary at the end.
 """
 
 import logging
@@ -118,6 +122,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   processes.
   """
   prepare_model_dir(model_dir)
+  gin_utils.write_config(model_dir)
   if batch_size % num_microbatches:
     raise TrainingError(f'BATCH_SIZE={batch_size} is not divisible by num_microbatches='
                         f'{num_microbatches}.')
@@ -134,19 +139,26 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     params = models.init_params(model, seed, param_shardings)
   store = checkpoints.CheckpointStore(model_dir, keep_checkpoints)
   latest = store.latest_step()
+  start = 0
   if initial_checkpoint_path and latest is None:
     params, report = checkpoints.load_initial_params(initial_checkpoint_path, params,
                                                      param_shardings)
-    log.info('Initial checkpoint %s: %d loaded, %d initialised (%s), %d unused (%s)',
-             initial_checkpoint_path, len(report['loaded']), len(report['initialised']),
+    start = report['step']
+    log.info('Initial checkpoint %s (step %d): %d loaded, %d initialised (%s), %d unused (%s)',
+             initial_checkpoint_path, start, len(report['loaded']), len(report['initialised']),
              report['initialised'], len(report['unused']), report['unused'])
+    if start >= train_steps:
+      raise TrainingError(
+          f'TRAIN_STEPS={train_steps} is not past the initial checkpoint\'s step {start}: '
+          f'TRAIN_STEPS is the absolute step to stop at, as in t5x; pass '
+          f'--gin.TRAIN_STEPS={start + max(train_steps, 1)} to train {max(train_steps, 1)} steps.')
 
   optimizer = trainer.make_optimizer(learning_rate, params, trainable_regex, frozen_regex)
   train_step, state_shardings = jit_train_step(
       model, optimizer, part, params, param_shardings, seed=seed, z_loss=z_loss,
       num_microbatches=num_microbatches)
   opt_state = jax.jit(optimizer.init, out_shardings=state_shardings['opt_state'])(params)
-  state = {'step': jnp.asarray(0, jnp.int32), 'params': params, 'opt_state': opt_state}
+  state = {'step': jnp.asarray(start, jnp.int32), 'params': params, 'opt_state': opt_state}
 
   rows, row_blocks = part.process_rows(batch_size)
   shards = input_pipeline.shards_for_rows(rows, batch_size, input_shards or row_blocks)
@@ -162,20 +174,24 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   start = int(state['step'])
 
   metrics_log = MetricsLog(model_dir, start)
-  writer = metric_writers.create_default_writer(model_dir, just_logging=jax.process_index() > 0)
+  # t5x's TensorBoard layout: MODEL_DIR/train/, MODEL_DIR/training_eval/ (periodic eval).
+  writer = metric_writers.create_default_writer(os.path.join(model_dir, 'train'),
+                                                just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=train_steps, writer=writer,
                                              every_steps=max(log_every_steps, 1))
+  eval_output = evaluation.EvalOutput(os.path.join(model_dir, 'training_eval'), model_dir)
   preemption = Preemption()
   task_names = {tid: name for name, tid in sorted(hyperprompt_tasks.TASK_IDS.items(),
                                                   reverse=True)}
   task_ids_present = set(hyperprompt_tasks.task_ids_of(mixture_or_task_name))
   last_record, last_saved, tick = {}, latest, time.time()
-  last_report = time.time()
+  clock = Clock(start, train_steps, report_every_seconds)
+  best = {}
 
-  def save(step):
+  def save(step, score=None):
     nonlocal last_saved
     if last_saved != step:
-      store.save(step, state, iterator)
+      store.save(step, state, iterator, score)
       last_saved = step
 
   for step in range(start, train_steps):
@@ -203,29 +219,71 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           if metrics['task_tokens'][tid] > 0:
             record[f'loss/{task_names.get(tid, tid)}'] = float(metrics['task_loss'][tid])
         metrics_log.write(record)
-        writer.write_scalars(done, {k: v for k, v in record.items() if k != 'step'})
+        # clu's ReportProgress writes steps_per_sec: one steps-per-second scalar.
+        writer.write_scalars(done, {k: v for k, v in record.items()
+                                    if k not in ('step', 'steps_per_second')})
         last_record = record
-        if now - last_report >= report_every_seconds or done == train_steps:
-          last_report = now
-          log.info('step %d/%d  loss %.4f  %.1f steps/s', done, train_steps, loss,
-                   record['steps_per_second'])
-    if done % save_every_steps == 0 or done == train_steps or preempted:
-      save(done)
+        clock.report(done, loss)
+    score = None
     if eval_every_steps and (done % eval_every_steps == 0 or done == train_steps):
-      record = evaluation.evaluate_step(model, state['params'], mixture_or_task_name,
-                                        task_feature_lengths, eval_batch_size, model_dir, done,
-                                        max_examples=eval_max_examples)
+      results, predictions = evaluation.evaluate(
+          model, state['params'], mixture_or_task_name, task_feature_lengths, eval_batch_size,
+          max_examples=eval_max_examples)
+      best = eval_output.write(done, results, predictions) or best
+      record = evaluation.eval_record(done, results)
+      score = record.get('eval/average')
       metrics_log.write(record)
-      writer.write_scalars(done, {k: v for k, v in record.items() if k != 'step'})
+      log.info('%s', evaluation.format_table(done, results))
+    if done % save_every_steps == 0 or done == train_steps or preempted:
+      save(done, score)
     if preempted:
       log.warning('SIGTERM: saved step %d in %s; rerun the same command to continue.',
-                      done, model_dir)
+                  done, model_dir)
       writer.flush()
       sys.exit(0)
   if start >= train_steps:
     log.info('Nothing to do: %s is already at step %d of %d.', model_dir, start, train_steps)
+  else:
+    log.info('%s', clock.summary(train_steps, batch_size, last_record, best))
   writer.flush()
   return last_record
+
+
+class Clock:
+  """Progress lines with an ETA, and the end-of-training summary."""
+
+  def __init__(self, start: int, train_steps: int, every_seconds: float):
+    self.start, self.train_steps, self.every = start, train_steps, every_seconds
+    self.began = self.last = time.time()
+
+  def report(self, step: int, loss: float) -> None:
+    now = time.time()
+    if now - self.last < self.every and step != self.train_steps:
+      return
+    self.last = now
+    rate = (step - self.start) / max(now - self.began, 1e-9)
+    eta = (self.train_steps - step) / max(rate, 1e-9)
+    log.info('step %d/%d  loss %.4f  %.1f steps/s  ETA %s', step, self.train_steps, loss, rate,
+             _duration(eta))
+
+  def summary(self, step: int, batch_size: int, record: Dict, best: Dict) -> str:
+    wall = time.time() - self.began
+    steps = step - self.start
+    lines = [f'training done: {steps} steps (to step {step}) in {_duration(wall)}, '
+             f'{steps * batch_size / max(wall, 1e-9):.1f} examples/s (rows of BATCH_SIZE), '
+             f'final loss {record.get("loss", float("nan")):.4f}']
+    for task, entry in sorted(best.get('tasks', {}).items()):
+      lines.append(f'  best {hyperprompt_tasks.short_name(task)}: {entry["score"]:.2f} '
+                   f'at step {entry["step"]}')
+    if 'average_of_best' in best:
+      lines.append(f'  average of the best per task: {best["average_of_best"]:.2f}')
+    return '\n'.join(lines)
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  h, rest = divmod(seconds, 3600)
+  return f'{h}:{rest // 60:02d}:{rest % 60:02d}' if h else f'{rest // 60}:{rest % 60:02d}'
 
 
 def main(argv=None):

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.test_training import FAST, REPO, _env, _train_losses
+from tests.test_training import FAST, REPO, _env, _saved_steps, _train_losses
 
 DEMO = ['--gin_file=runs/demo.gin', *FAST, '--gin.train.train.save_every_steps=3']
 # 8 heads (of 8 dims): the demo model split 8 ways along 'model', across both processes.
@@ -58,9 +58,9 @@ def _one(module, *args, devices=8):
   return proc.stdout
 
 
-def _assert_same_losses(a_dir, b_dir, steps):
+def _assert_same_losses(a_dir, b_dir, steps, first=1):
   a, b = _train_losses(a_dir), _train_losses(b_dir)
-  assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+  assert sorted(a) == sorted(b) == list(range(first, steps + 1))
   np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-4)
 
 
@@ -74,7 +74,7 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, partitions):
   _one('train', *args, f'--gin.MODEL_DIR={one}', '--gin.TRAIN_STEPS=4')
   _two('train', *args, f'--gin.MODEL_DIR={two}', '--gin.TRAIN_STEPS=4')
   _assert_same_losses(one, two, 4)
-  assert sorted(os.listdir(os.path.join(two, 'checkpoints'))) == ['3', '4']
+  assert _saved_steps(two) == [3, 4]
   assert sorted(os.listdir(os.path.join(two, 'input_state', 'step_4'))) == [
       'host_0.data-00000-of-00001', 'host_0.index', 'host_1.data-00000-of-00001',
       'host_1.index']
@@ -100,12 +100,12 @@ def test_two_processes_start_from_an_initial_checkpoint_like_one(tmp_path):
   start, one, two = (str(tmp_path / n) for n in ('start', 'one', 'two'))
   _one('train', *DEMO, *HEADS_8, f'--gin.MODEL_DIR={start}', '--gin.TRAIN_STEPS=3', devices=1)
   args = [*DEMO, *HEADS_8, '--gin.NUM_PARTITIONS=8', f'--gin.INITIAL_CHECKPOINT_PATH={start}',
-          '--gin.TRAIN_STEPS=3']
+          '--gin.TRAIN_STEPS=6']  # absolute, as in t5x: steps 4 to 6 after the checkpoint's 3
   _one('train', *args, f'--gin.MODEL_DIR={one}')
   _two('train', *args, f'--gin.MODEL_DIR={two}')
-  _assert_same_losses(one, two, 3)
+  _assert_same_losses(one, two, 6, first=4)
   fresh = _train_losses(start)
-  assert _train_losses(one)[1] < fresh[1]  # it did start from the trained weights
+  assert _train_losses(one)[4] < fresh[1]  # it did start from the trained weights
 
 
 def test_sigterm_to_both_processes_saves_one_step_and_a_rerun_continues(tmp_path):
@@ -123,7 +123,7 @@ def test_sigterm_to_both_processes_saves_one_step_and_a_rerun_continues(tmp_path
   for p in procs:
     p.send_signal(signal.SIGTERM)
   _finish(procs)
-  saved = [int(s) for s in os.listdir(os.path.join(cut, 'checkpoints'))]
+  saved = _saved_steps(cut)
   assert len(saved) == 1 and 3 <= saved[0] < steps  # one consistent step for both
   _two('train', *args, f'--gin.MODEL_DIR={cut}')
   _one('train', *args, f'--gin.MODEL_DIR={full}')

@@ -36,6 +36,12 @@ def _train_losses(model_dir):
     return {r['step']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
 
 
+def _saved_steps(model_dir):
+  """Steps of the finished checkpoints (t5x's names: MODEL_DIR/checkpoint_<step>)."""
+  return sorted(int(n.split('_')[1]) for n in os.listdir(model_dir)
+                if n.startswith('checkpoint_') and n.split('_')[1].isdigit())
+
+
 def _demo(model_dir, steps, *extra, devices=1, check=True):
   return _cli('train', '--gin_file=runs/demo.gin', f'--gin.MODEL_DIR={model_dir}',
               f'--gin.TRAIN_STEPS={steps}', '--gin.train.train.save_every_steps=3', *FAST, *extra,
@@ -52,15 +58,21 @@ def test_demo_trains_checkpoints_restores_evaluates_and_infers(tmp_path):
     first = json.loads(f.readline())
   assert {'learning_rate', 'steps_per_second'} <= set(first)
   assert any(k.startswith('loss/hyperprompt_demo_') for k in first)
-  assert sorted(os.listdir(os.path.join(run, 'checkpoints'))) == ['3', '6']
-  assert any(n.startswith('events.out.tfevents') for n in os.listdir(run))
+  assert _saved_steps(run) == [3, 6]
+  assert any(n.startswith('events.out.tfevents') for n in os.listdir(os.path.join(run, 'train')))
   proc = _cli('eval', '--gin_file=runs/eval_demo.gin', f'--gin.MODEL_DIR={run}',
               '--gin.eval.evaluate.max_examples=20')
   record = json.loads(proc.stdout.strip().splitlines()[-1])
   assert record['step'] == 6 and 'eval/average' in record
   assert 'eval/hyperprompt_demo_sentiment/accuracy' in record
-  with open(os.path.join(run, 'eval', 'best.json')) as f:
+  assert 'evaluation at step 6:' in proc.stderr and 'benchmark score:' in proc.stderr
+  out_dir = os.path.join(run, 'inference_eval')
+  with open(os.path.join(out_dir, 'best.json')) as f:
     assert json.load(f)['tasks']['hyperprompt_demo_topic']['step'] == 6
+  with open(os.path.join(out_dir, 'topic-6.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  assert len(rows) == 20 and set(rows[0]) == {'inputs', 'target', 'prediction', 'task_id'}
+  assert rows[0]['inputs'].startswith('review:') and rows[0]['target']
   inputs = tmp_path / 'in.jsonl'
   inputs.write_text(json.dumps({'task': 'demo/topic', 'inputs': 'review: the cafe zorbo in '
                                 'lima : the price was good and the staff was poor .'}) + '\n')
@@ -98,7 +110,7 @@ def test_sigterm_saves_and_a_rerun_continues_with_identical_losses(tmp_path):
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-2000:]
-  saved = [int(s) for s in os.listdir(os.path.join(cut, 'checkpoints'))]
+  saved = _saved_steps(cut)
   assert len(saved) == 1 and 5 <= saved[0] < steps
   _cli('train', *args)  # the same command continues
   _demo(full, steps, '--gin.train.train.save_every_steps=1000',
@@ -136,7 +148,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert proc.returncode != 0
   assert 'Loss is' in proc.stderr.strip().splitlines()[-1]
   assert 'step 3' in proc.stderr.strip().splitlines()[-1]
-  assert sorted(os.listdir(os.path.join(run, 'checkpoints'))) == ['3']
+  assert _saved_steps(run) == [3]
   _demo(run, 4)  # still restorable
 
 
@@ -144,11 +156,10 @@ def test_interrupted_save_leaves_previous_checkpoint_restorable(tmp_path):
   """A save killed midway leaves only orbax's temporary folder; it is never taken as a step."""
   run = str(tmp_path / 'run')
   _demo(run, 3)
-  ckpts = os.path.join(run, 'checkpoints')
-  partial = os.path.join(ckpts, '6.orbax-checkpoint-tmp-1234567')
+  partial = os.path.join(run, 'checkpoint_6.orbax-checkpoint-tmp-1234567')
   os.makedirs(os.path.join(partial, 'default'))
   with open(os.path.join(partial, 'default', 'manifest.ocdbt'), 'wb') as f:
     f.write(b'\x00truncated')
   _demo(run, 4)
   assert sorted(_train_losses(run)) == [1, 2, 3, 4]
-  assert '4' in os.listdir(ckpts)
+  assert 4 in _saved_steps(run)
