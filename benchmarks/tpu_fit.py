@@ -9,13 +9,15 @@ without a TPU, and prints XLA's per-chip memory and FLOPs.
 
 Any gin file or binding of the train command may be stacked (runs/finetune.gin is read
 first; macros it leaves required get placeholders: nothing is read or written). The last
-line is `per-chip HBM: <total> GiB of <chip> GiB`. Topologies: v4:AxBxC and v5p:AxBxC
+line is `per-chip HBM: <total> GiB of <chip> GiB` (`over <needed> GiB ... (does not fit)`,
+exit code 1, when XLA cannot fit the step). Topologies: v4:AxBxC and v5p:AxBxC
 (megacore: one device per chip), v5e:AxB, v6e:AxB.
 """
 
 import argparse
 import inspect
 import os
+import re
 import sys
 import time
 
@@ -142,7 +144,19 @@ def main(argv=None):
   except gin_utils.ConfigError as e:
     sys.exit(f'error: {e}')
   devices = topology_devices(ours.topology, ours.chip_config)
-  compiled, seconds = compile_step(run, devices)
+  try:
+    compiled, seconds = compile_step(run, devices)
+  except Exception as e:  # pylint: disable=broad-except
+    m = re.search(r'RESOURCE_EXHAUSTED: Ran out of memory.*?\(([0-9.]+)G\) exceeds available '
+                  r'HBM \(([0-9.]+)G\)', str(e))
+    if not m:
+      raise
+    chip = CHIP_HBM_GIB.get(devices[0].device_kind, '?')
+    print(f'{devices[0].device_kind} x{len(devices)} chips: XLA needs {m.group(1)} GiB of '
+          f'temporaries per chip, {m.group(2)} GiB are free: add model partitions, remat '
+          '(options/large_scale.gin) or chips.')
+    print(f'per-chip HBM: over {m.group(1)} GiB of {chip} GiB (does not fit)')
+    sys.exit(1)
   report(compiled, seconds, devices, run)
 
 

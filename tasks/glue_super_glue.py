@@ -86,7 +86,7 @@ GLUE_FEATURES = {'cola': ['sentence'], 'sst2': ['sentence'], 'mrpc': ['sentence1
                  'qqp': ['question1', 'question2'], 'stsb': ['sentence1', 'sentence2'],
                  'mnli': ['hypothesis', 'premise'], 'qnli': ['question', 'sentence'],
                  'rte': ['sentence1', 'sentence2']}
-GLUE_METRICS = {'cola': [metrics.matthews], 'sst2': [metrics.accuracy],
+GLUE_METRICS = {'cola': [metrics.matthews_corrcoef], 'sst2': [metrics.accuracy],
                 'mrpc': [metrics.accuracy, metrics.f1], 'qqp': [metrics.accuracy, metrics.f1],
                 'stsb': [metrics.pearson_spearman], 'mnli': [metrics.accuracy],
                 'qnli': [metrics.accuracy], 'rte': [metrics.accuracy]}
@@ -116,12 +116,12 @@ def _register_super_glue():
             ['False', 'True']), metrics.label_to_id(['False', 'True']), [metrics.accuracy])
   cb = ['entailment', 'contradiction', 'neutral']
   _register('super_glue', 'cb', sg('cb'), pair('cb', ['hypothesis', 'premise'], cb),
-            metrics.label_to_id(cb), [metrics.accuracy, metrics.macro_f1(3)])
+            metrics.label_to_id(cb), [metrics.accuracy, metrics.mean_multiclass_f1(3)])
   _register('super_glue', 'copa', sg('copa'),
             pair('copa', ['choice1', 'choice2', 'premise', 'question'], ['choice1', 'choice2']),
             metrics.label_to_id(['choice1', 'choice2']), [metrics.accuracy])
   _register('super_glue', 'multirc', sg('multirc'), [text_to_text.multirc], metrics.multirc,
-            [metrics.multirc_f1a_em])
+            [metrics.multirc_f1_em])
   _register('super_glue', 'record', sg('record'), [text_to_text.record], metrics.record,
             [metrics.record_f1_em])
   rte = ['entailment', 'not_entailment']

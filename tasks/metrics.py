@@ -1,4 +1,11 @@
-"""Postprocessors and the benchmarks' official metrics (all in percent, as T5 reports them)."""
+"""Postprocessors and the benchmarks' official metrics, under T5's names and with T5's
+treatment of invalid predictions (all in percent, as T5 reports them).
+
+Postprocessors map an output that is no label to -1 (a class of its own). Accuracy counts it
+wrong; binary F1 (`f1`, MultiRC's) counts it as the wrong class (T5's f1_score_with_invalid:
+a false positive on a negative example, a false negative on a positive one); Matthews
+correlation is the multiclass coefficient over the labels present, -1 included (sklearn's,
+which T5 uses); `mean_3class_f1` averages the F1 of the real classes only."""
 
 import collections
 import re
@@ -32,8 +39,12 @@ def to_float(output, example=None, is_target=False):
 
 
 def multirc(output, example=None, is_target=False):
-  """MultiRC answers are scored per question: keep the question's group with the value."""
-  value = int(example['label']) if is_target else int(_text(output).strip() == 'True')
+  """MultiRC answers are scored per question: keep the question's group with the value
+  (1 'True', 0 'False', -1 anything else)."""
+  if is_target:
+    value = int(example['label'])
+  else:
+    value = {'True': 1, 'False': 0}.get(_text(output).strip(), -1)
   return {'group': int(example['group']), 'value': value}
 
 
@@ -65,7 +76,10 @@ def accuracy(targets, predictions):
 
 
 def _binary_f1(targets, predictions):
-  t, p = np.asarray(targets) == 1, np.asarray(predictions) == 1
+  """F1 of class 1; a prediction that is neither 0 nor 1 counts as the wrong class."""
+  t = np.asarray(targets) == 1
+  p = np.asarray(predictions)
+  p = np.where(np.isin(p, (0, 1)), p == 1, ~t)
   tp = np.sum(t & p)
   denom = 2 * tp + np.sum(~t & p) + np.sum(t & ~p)
   return 100.0 * 2 * tp / denom if denom else 0.0
@@ -75,37 +89,49 @@ def f1(targets, predictions):
   return {'f1': float(_binary_f1(targets, predictions))}
 
 
-def macro_f1(num_classes: int):
+def mean_multiclass_f1(num_classes: int):
+  """T5's mean_<n>class_f1: the mean F1 of classes 0..n-1 (invalid predictions hit none)."""
   def fn(targets, predictions):
     t, p = np.asarray(targets), np.asarray(predictions)
-    return {'macro_f1': float(np.mean([_binary_f1(t == c, p == c) for c in range(num_classes)]))}
+    scores = []
+    for c in range(num_classes):
+      tp, fp, fn_ = np.sum((t == c) & (p == c)), np.sum((t != c) & (p == c)), np.sum(
+          (t == c) & (p != c))
+      scores.append(100.0 * 2 * tp / (2 * tp + fp + fn_) if tp + fp + fn_ else 0.0)
+    return {f'mean_{num_classes}class_f1': float(np.mean(scores))}
   return fn
 
 
-def matthews(targets, predictions):
-  t, p = np.asarray(targets) == 1, np.asarray(predictions) == 1
-  tp, tn = np.sum(t & p), np.sum(~t & ~p)
-  fp, fn_ = np.sum(~t & p), np.sum(t & ~p)
-  denom = np.sqrt(float((tp + fp) * (tp + fn_) * (tn + fp) * (tn + fn_)))
-  return {'matthews_corr': 100.0 * float((tp * tn - fp * fn_) / denom) if denom else 0.0}
+def matthews_corrcoef(targets, predictions):
+  """Matthews correlation over every label present (multiclass form; -1 is a class)."""
+  t, p = np.asarray(targets), np.asarray(predictions)
+  labels = np.union1d(t, p)
+  confusion = np.array([[np.sum((t == a) & (p == b)) for b in labels] for a in labels], float)
+  true_k, pred_k = confusion.sum(1), confusion.sum(0)
+  correct, total = np.trace(confusion), confusion.sum()
+  denom = np.sqrt((total ** 2 - pred_k @ pred_k) * (total ** 2 - true_k @ true_k))
+  return {'matthews_corrcoef': 100.0 * float((correct * total - pred_k @ true_k) / denom)
+          if denom else 0.0}
 
 
 def pearson_spearman(targets, predictions):
+  """T5's pearson_corrcoef and spearman_corrcoef (invalid outputs were mapped to -1)."""
   t, p = np.asarray(targets, float), np.asarray(predictions, float)
   if np.ptp(t) == 0 or np.ptp(p) == 0:  # undefined for constant input: no correlation
-    return {'pearson': 0.0, 'spearman': 0.0}
-  return {'pearson': 100.0 * float(scipy.stats.pearsonr(t, p)[0]),
-          'spearman': 100.0 * float(scipy.stats.spearmanr(t, p)[0])}
+    return {'pearson_corrcoef': 0.0, 'spearman_corrcoef': 0.0}
+  return {'pearson_corrcoef': 100.0 * float(scipy.stats.pearsonr(t, p)[0]),
+          'spearman_corrcoef': 100.0 * float(scipy.stats.spearmanr(t, p)[0])}
 
 
-def multirc_f1a_em(targets, predictions):
-  """F1 over all answers, and exact match of all of a question's answers."""
+def multirc_f1_em(targets, predictions):
+  """T5's MultiRC metrics: 'f1' over all answers (F1a) and 'exact_match' of all of a
+  question's answers."""
   t = np.asarray([x['value'] for x in targets])
   p = np.asarray([x['value'] for x in predictions])
   groups = collections.defaultdict(list)
   for target, ok in zip(targets, t == p):
     groups[target['group']].append(ok)
-  return {'f1a': float(_binary_f1(t, p)),
+  return {'f1': float(_binary_f1(t, p)),
           'exact_match': 100.0 * float(np.mean([all(v) for v in groups.values()]))}
 
 
@@ -125,7 +151,8 @@ def _token_f1(prediction: str, answer: str) -> float:
 
 
 def record_f1_em(targets, predictions):
-  """Max over a query's answers, one prediction per query (examples were split per answer)."""
+  """T5's ReCoRD metrics ('f1', 'em' of SQuAD): max over a query's answers, one prediction
+  per query (examples were split per answer)."""
   seen, f1s, ems = set(), [], []
   for target, prediction in zip(targets, predictions):
     if target['group'] in seen:
@@ -134,7 +161,7 @@ def record_f1_em(targets, predictions):
     answers = target['answers'] or ['']
     f1s.append(max(_token_f1(prediction, a) for a in answers))
     ems.append(max(float(_squad_normalize(prediction) == _squad_normalize(a)) for a in answers))
-  return {'f1': 100.0 * float(np.mean(f1s)), 'exact_match': 100.0 * float(np.mean(ems))}
+  return {'f1': 100.0 * float(np.mean(f1s)), 'em': 100.0 * float(np.mean(ems))}
 
 
 # ---- benchmark averages ------------------------------------------------------------------------

@@ -111,24 +111,48 @@ def test_metrics_on_hand_made_predictions():
   # tp=3, fp=1, fn=1 -> F1 = 6 / 8
   assert metrics.f1(t, p)['f1'] == pytest.approx(75.0)
   # tn=1: MCC = (3*1 - 1*1) / sqrt(4*4*2*2) = 2/8
-  assert metrics.matthews(t, p)['matthews_corr'] == pytest.approx(25.0)
+  assert metrics.matthews_corrcoef(t, p)['matthews_corrcoef'] == pytest.approx(25.0)
   ps = metrics.pearson_spearman([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0])
-  assert ps['spearman'] == pytest.approx(80.0)  # 1 - 6*2/(4*15)
-  assert ps['pearson'] == pytest.approx(80.0)
-  cb = metrics.macro_f1(3)([0, 1, 2, 2], [0, 1, 1, 2])
-  assert cb['macro_f1'] == pytest.approx(100 * (1 + 2 / 3 + 2 / 3) / 3)
+  assert ps['spearman_corrcoef'] == pytest.approx(80.0)  # 1 - 6*2/(4*15)
+  assert ps['pearson_corrcoef'] == pytest.approx(80.0)
+  cb = metrics.mean_multiclass_f1(3)([0, 1, 2, 2], [0, 1, 1, 2])
+  assert cb['mean_3class_f1'] == pytest.approx(100 * (1 + 2 / 3 + 2 / 3) / 3)
   mrc_t = [{'group': 1, 'value': 1}, {'group': 1, 'value': 0}, {'group': 2, 'value': 1}]
   mrc_p = [{'group': 1, 'value': 1}, {'group': 1, 'value': 0}, {'group': 2, 'value': 0}]
-  m = metrics.multirc_f1a_em(mrc_t, mrc_p)
-  assert m['exact_match'] == pytest.approx(50.0) and m['f1a'] == pytest.approx(100 * 2 / 3)
+  m = metrics.multirc_f1_em(mrc_t, mrc_p)
+  assert m['exact_match'] == pytest.approx(50.0) and m['f1'] == pytest.approx(100 * 2 / 3)
   rec_t = [{'group': 7, 'answers': ['Barack Obama', 'Obama']},
            {'group': 7, 'answers': ['Barack Obama', 'Obama']},
            {'group': 8, 'answers': ['the White House']}]
   r = metrics.record_f1_em(rec_t, ['obama', 'ignored duplicate', 'White House press'])
-  assert r['exact_match'] == pytest.approx(50.0)
+  assert r['em'] == pytest.approx(50.0)
   assert r['f1'] == pytest.approx(100 * (1.0 + 0.8) / 2)  # 'white house' vs 'white house press'
   assert metrics.wsc('the city councilmen', {'targets_pretokenized': b'city councilmen'}) == 1
   assert metrics.wsc('the demonstrators', {'targets_pretokenized': b'city councilmen'}) == 0
+
+
+def test_invalid_predictions_count_as_t5_counts_them():
+  """-1 is what the postprocessors give an output that is no label."""
+  # Binary F1: invalid on a negative example is a false positive, on a positive one a false
+  # negative: tp=1, fp=1, fn=1 -> 50 (reading -1 as 'negative' would give 66.7).
+  assert metrics.f1([1, 0, 0, 1], [1, -1, 0, -1])['f1'] == pytest.approx(50.0)
+  assert metrics.accuracy([1, 0, 0, 1], [1, -1, 0, -1])['accuracy'] == pytest.approx(50.0)
+  # Matthews over labels {-1, 0, 1}: true counts (0, 2, 2), predicted (2, 1, 1), 2 of 4
+  # correct: (2*4 - 4) / sqrt((16 - 6) * (16 - 8)).
+  mcc = metrics.matthews_corrcoef([1, 0, 1, 0], [1, 0, -1, -1])['matthews_corrcoef']
+  assert mcc == pytest.approx(100 * 4 / np.sqrt(80))
+  # CB's mean F1 over the three real classes: the invalid prediction misses class 1.
+  cb = metrics.mean_multiclass_f1(3)([0, 1, 2], [0, -1, 2])['mean_3class_f1']
+  assert cb == pytest.approx(100 * 2 / 3)
+  # MultiRC: an answer that is neither True nor False is -1, and wrong either way.
+  ex = {'group': 3, 'label': 0}
+  assert metrics.multirc('maybe', ex)['value'] == -1
+  assert metrics.multirc('False', ex)['value'] == 0
+  m = metrics.multirc_f1_em([{'group': 3, 'value': 0}, {'group': 3, 'value': 1}],
+                            [{'group': 3, 'value': -1}, {'group': 3, 'value': 1}])
+  assert m['f1'] == pytest.approx(100 * 2 / 3) and m['exact_match'] == 0.0
+  assert metrics.label_to_id(['no', 'yes'])('perhaps') == -1
+  assert metrics.to_float('n/a') == -1.0
 
 
 def test_benchmark_scores_average_task_scores():

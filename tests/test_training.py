@@ -3,6 +3,7 @@ preemption and resume, atomic checkpoints, NaN stop, and bad configuration."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,3 +164,41 @@ def test_interrupted_save_leaves_previous_checkpoint_restorable(tmp_path):
   _demo(run, 4)
   assert sorted(_train_losses(run)) == [1, 2, 3, 4]
   assert 4 in _saved_steps(run)
+
+
+def test_initial_checkpoint_step_counts_and_the_best_checkpoint_is_kept(tmp_path):
+  """t5x's conventions: TRAIN_STEPS is absolute (a run from checkpoint_1000 with
+  TRAIN_STEPS=1010 trains 10 steps and writes checkpoint_1010); the checkpoint with the best
+  benchmark score is kept beside the last `keep_checkpoints`."""
+  start, run = str(tmp_path / 'start'), str(tmp_path / 'run')
+  _demo(start, 3)
+  shutil.copytree(os.path.join(start, 'checkpoint_3'), str(tmp_path / 'pre' / 'checkpoint_1000'))
+  proc = _demo(run, 1010, f'--gin.INITIAL_CHECKPOINT_PATH={tmp_path}/pre/checkpoint_1000',
+               '--gin.EVAL_EVERY_STEPS=2', '--gin.train.train.save_every_steps=2',
+               '--gin.train.train.keep_checkpoints=1', '--gin.train.train.eval_max_examples=8')
+  assert sorted(_train_losses(run)) == list(range(1001, 1011))
+  with open(os.path.join(run, 'metrics.jsonl')) as f:
+    evals = [r for r in map(json.loads, f) if 'eval/average' in r]
+  assert [r['step'] for r in evals] == [1002, 1004, 1006, 1008, 1010]
+  score = {r['step']: r['eval/average'] for r in evals}
+  kept = _saved_steps(run)  # the last, and a best-scoring one (on ties orbax keeps the later)
+  assert 1010 in kept and len(kept) <= 2 and max(score[s] for s in kept) == max(score.values())
+  assert 'evaluation at step 1010:' in proc.stderr and 'benchmark score:' in proc.stderr
+  assert 'training done: 10 steps (to step 1010)' in proc.stderr
+  assert 'average of the best per task:' in proc.stderr
+  with open(os.path.join(run, 'config.gin')) as f:
+    assert 'TRAIN_STEPS = 1010' in f.read()
+  proc = _demo(str(tmp_path / 'short'), 1000,
+               f'--gin.INITIAL_CHECKPOINT_PATH={tmp_path}/pre/checkpoint_1000', check=False)
+  last = proc.stderr.strip().splitlines()[-1]
+  assert 'TRAIN_STEPS=1000 is not past' in last and '--gin.TRAIN_STEPS=2000' in last
+
+
+def test_checkpoint_store_keeps_the_best_scored_step_beside_the_last(tmp_path):
+  from hyperprompt_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  store = checkpoints.CheckpointStore(str(tmp_path), keep=1)
+  state = {'w': np.zeros(3, np.float32)}
+  for step, score in [(1, 50.0), (2, 90.0), (3, None), (4, 10.0), (5, 20.0)]:
+    store.save(step, state, score=score)
+  assert store.all_steps() == [2, 5]
+  assert sorted(os.listdir(tmp_path)) == ['checkpoint_2', 'checkpoint_5']
