@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import hyperprompt_tasks
 from hyperprompt_tasks.feature_converter import TaskIdEncDecFeatureConverter
+from hyperprompt_tasks.vocab import check_vocabulary
 
 
 def shards_for_rows(rows: Tuple[int, int], batch_size: int, num_shards: int) -> List[int]:
@@ -35,6 +36,7 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Dict[str, int
   rows of the global batch, shard after shard). The global batch depends on `num_shards`
   only, never on how many processes read it: shard i is the same data in any run."""
   provider = hyperprompt_tasks.get_mixture_or_task(mixture_or_task_name)
+  check_sources(mixture_or_task_name)
   converter = TaskIdEncDecFeatureConverter(pack=pack, max_segments=max_segments)
   parts = []
   for index in shard_indices:
@@ -86,9 +88,17 @@ def prune_input_states(directory: str, keep_steps) -> None:
       tf.io.gfile.rmtree(os.path.join(directory, name))
 
 
+def check_sources(mixture_or_task_name: str) -> None:
+  """The tasks' vocabularies can be read (one-line error naming HYPERPROMPT_VOCAB else)."""
+  for task in hyperprompt_tasks.tasks_of(mixture_or_task_name):
+    for feature in task.output_features.values():
+      check_vocabulary(feature.vocabulary)
+
+
 def eval_examples(task: seqio.Task, task_feature_lengths: Dict[str, int], split: str,
                   max_examples: Optional[int] = None):
   """A task's evaluation examples as numpy dicts (all features, for postprocessing)."""
+  check_sources(task.name)
   ds = task.get_dataset(task_feature_lengths, split=split, shuffle=False, num_epochs=1,
                         use_cached=False)
   if max_examples:

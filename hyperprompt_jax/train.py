@@ -112,14 +112,15 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           trainable_regex: str = '.*', frozen_regex: Optional[str] = None,
           num_microbatches: int = 1, z_loss: float = 1e-4,
           report_every_seconds: float = 10.0, parameter_partitioning_dims: int = 1,
-          activation_partitioning_dims: int = 1, input_shards: Optional[int] = None) -> Dict:
+          activation_partitioning_dims: int = 1, input_shards: Optional[int] = None,
+          use_cached_tasks: bool = False) -> Dict:
   """Trains (or resumes) a run in `model_dir`; returns the last logged metrics.
 
   parameter_partitioning_dims / activation_partitioning_dims: t5x's 1-D / 2-D sharding
   (2 = parameters and optimizer state also split over 'data'). input_shards: how many
   shards the global batch is read from (default: one per data-parallel process group, so
   each process reads only its own); fix it to get the same batches on any number of
-  processes.
+  processes. use_cached_tasks: read seqio's cached tasks (`seqio_cache_tasks`; see README).
   """
   prepare_model_dir(model_dir)
   gin_utils.write_config(model_dir)
@@ -164,6 +165,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   shards = input_pipeline.shards_for_rows(rows, batch_size, input_shards or row_blocks)
   ds = input_pipeline.train_dataset(mixture_or_task_name, task_feature_lengths, batch_size,
                                     data_seed, pack=pack, max_segments=max_segments,
+                                    use_cached=use_cached_tasks,
                                     num_shards=input_shards or row_blocks, shard_indices=shards)
   iterator = input_pipeline.CheckpointableIterator(ds)
   if latest is not None:

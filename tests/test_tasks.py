@@ -259,3 +259,16 @@ def test_unknown_names_and_unprepared_datasets_fail_fast(tmp_path, monkeypatch):
   with pytest.raises(RuntimeError, match='is not prepared'):
     task.get_dataset(LENGTHS, split='validation', use_cached=False)
   assert time.time() - start < 20
+
+
+def test_unreadable_vocabulary_is_one_line_naming_hyperprompt_vocab(tmp_path):
+  missing = seqio.SentencePieceVocabulary(str(tmp_path / 'nope.model'), extra_ids=100)
+  start = time.time()
+  with pytest.raises(FileNotFoundError) as err:
+    hyperprompt_tasks.vocab.check_vocabulary(missing)
+  text = str(err.value)
+  assert '\n' not in text and 'nope.model cannot be read' in text
+  assert 'HYPERPROMPT_VOCAB' in text and time.time() - start < 20
+  hyperprompt_tasks.vocab.check_vocabulary(hyperprompt_tasks.vocab.demo_vocabulary())
+  from hyperprompt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  input_pipeline.check_sources('hyperprompt_demo')  # the shipped vocabulary: fine

@@ -202,3 +202,39 @@ def test_checkpoint_store_keeps_the_best_scored_step_beside_the_last(tmp_path):
     store.save(step, state, score=score)
   assert store.all_steps() == [2, 5]
   assert sorted(os.listdir(tmp_path)) == ['checkpoint_2', 'checkpoint_5']
+
+
+def test_eval_beside_a_running_trainer_loses_nothing(tmp_path):
+  """t5x users evaluate in a separate job while training runs: the eval job writes only
+  under EVAL_OUTPUT_DIR (default MODEL_DIR/inference_eval), never the trainer's files."""
+  run = str(tmp_path / 'run')
+  steps = 400
+  proc = subprocess.Popen([sys.executable, '-m', 'hyperprompt_jax.train', '--gin_file=runs/demo.gin',
+                           f'--gin.MODEL_DIR={run}', f'--gin.TRAIN_STEPS={steps}',
+                           '--gin.train.train.save_every_steps=20', *FAST], env=_env(), cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  evaluated = []
+  try:
+    for _ in range(2):
+      deadline = time.time() + 300
+      while time.time() < deadline and proc.poll() is None:
+        saved = _saved_steps(run) if os.path.isdir(run) else []
+        if saved and saved[-1] not in evaluated:
+          break
+        time.sleep(0.1)
+      out = _cli('eval', '--gin_file=runs/eval_demo.gin', f'--gin.MODEL_DIR={run}',
+                 '--gin.eval.evaluate.max_examples=8')
+      evaluated.append(json.loads(out.stdout.strip().splitlines()[-1])['step'])
+    still_training = proc.poll() is None
+  finally:
+    _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-2000:]
+  assert still_training and evaluated[0] < evaluated[1] < steps
+  with open(os.path.join(run, 'metrics.jsonl')) as f:
+    train_steps = [r['step'] for r in map(json.loads, f)]
+  assert train_steps == list(range(1, steps + 1))  # each step's record exactly once
+  out_dir = os.path.join(run, 'inference_eval')
+  with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
+    assert [r['step'] for r in map(json.loads, f)] == evaluated
+  for step in evaluated:
+    assert os.path.exists(os.path.join(out_dir, f'sentiment-{step}.jsonl'))
