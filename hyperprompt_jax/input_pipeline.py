@@ -37,6 +37,13 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Dict[str, int
   only, never on how many processes read it: shard i is the same data in any run."""
   provider = hyperprompt_tasks.get_mixture_or_task(mixture_or_task_name)
   check_sources(mixture_or_task_name)
+  if use_cached:
+    missing = [t.name for t in hyperprompt_tasks.tasks_of(mixture_or_task_name)
+               if t.cache_dir is None]
+    if missing:
+      raise ValueError(f'USE_CACHED_TASKS=True but {missing[0]} (and {len(missing) - 1} more) '
+                       f'has no seqio cache in {seqio.utils.get_global_cache_dirs()}: cache the '
+                       'tasks (README "Preparing the data") and pass SEQIO_CACHE_DIRS.')
   converter = TaskIdEncDecFeatureConverter(pack=pack, max_segments=max_segments)
   parts = []
   for index in shard_indices:

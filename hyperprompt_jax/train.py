@@ -16,12 +16,13 @@ import os
 import signal
 import sys
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import seqio
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 from tensorflow.io import gfile
@@ -113,15 +114,18 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           num_microbatches: int = 1, z_loss: float = 1e-4,
           report_every_seconds: float = 10.0, parameter_partitioning_dims: int = 1,
           activation_partitioning_dims: int = 1, input_shards: Optional[int] = None,
-          use_cached_tasks: bool = False) -> Dict:
+          use_cached_tasks: bool = False, seqio_cache_dirs: Sequence[str] = ()) -> Dict:
   """Trains (or resumes) a run in `model_dir`; returns the last logged metrics.
 
   parameter_partitioning_dims / activation_partitioning_dims: t5x's 1-D / 2-D sharding
   (2 = parameters and optimizer state also split over 'data'). input_shards: how many
   shards the global batch is read from (default: one per data-parallel process group, so
   each process reads only its own); fix it to get the same batches on any number of
-  processes. use_cached_tasks: read seqio's cached tasks (`seqio_cache_tasks`; see README).
+  processes. use_cached_tasks: read seqio's cached tasks (made by seqio's cache_tasks_main
+  into one of `seqio_cache_dirs`; see README).
   """
+  if seqio_cache_dirs:
+    seqio.add_global_cache_dirs(list(seqio_cache_dirs))
   prepare_model_dir(model_dir)
   gin_utils.write_config(model_dir)
   if batch_size % num_microbatches:
@@ -257,16 +261,20 @@ class Clock:
   def __init__(self, start: int, train_steps: int, every_seconds: float):
     self.start, self.train_steps, self.every = start, train_steps, every_seconds
     self.began = self.last = time.time()
+    self.first = None
 
   def report(self, step: int, loss: float) -> None:
     now = time.time()
+    if self.first is None:  # the rate is measured after the first step (its compile)
+      self.first = (step, now)
     if now - self.last < self.every and step != self.train_steps:
       return
     self.last = now
-    rate = (step - self.start) / max(now - self.began, 1e-9)
-    eta = (self.train_steps - step) / max(rate, 1e-9)
+    first_step, first_time = self.first
+    rate = (step - first_step) / max(now - first_time, 1e-9)
+    eta = _duration((self.train_steps - step) / rate) if rate > 0 else '-'
     log.info('step %d/%d  loss %.4f  %.1f steps/s  ETA %s', step, self.train_steps, loss, rate,
-             _duration(eta))
+             eta)
 
   def summary(self, step: int, batch_size: int, record: Dict, best: Dict) -> str:
     wall = time.time() - self.began

@@ -238,3 +238,11 @@ def test_eval_beside_a_running_trainer_loses_nothing(tmp_path):
     assert [r['step'] for r in map(json.loads, f)] == evaluated
   for step in evaluated:
     assert os.path.exists(os.path.join(out_dir, f'sentiment-{step}.jsonl'))
+
+
+def test_cached_tasks_without_a_cache_is_one_line(tmp_path):
+  proc = _demo(str(tmp_path / 'run'), 2, '--gin.USE_CACHED_TASKS=True',
+               f"--gin.SEQIO_CACHE_DIRS=['{tmp_path}/cache']", check=False)
+  last = proc.stderr.strip().splitlines()[-1]
+  assert proc.returncode != 0 and 'USE_CACHED_TASKS=True but hyperprompt_demo_' in last
+  assert f'{tmp_path}/cache' in last and 'SEQIO_CACHE_DIRS' in last
