@@ -15,6 +15,7 @@ exit code 1, when XLA cannot fit the step). Topologies: v4:AxBxC and v5p:AxBxC
 """
 
 import argparse
+import dataclasses
 import inspect
 import os
 import re
@@ -81,6 +82,8 @@ def abstract_batch(part, batch_size, lengths, pack, max_segments):
 def compile_step(run, devices):
   """Compiles the run's train step for `devices`: (compiled, seconds)."""
   config = run['config']
+  if config.embedding_lookup == 'auto':  # the TPU's choice, though compiled on a CPU host
+    config = dataclasses.replace(config, embedding_lookup='one_hot')
   model = Transformer(config)
   part = partitioning.Partitioner(run['num_partitions'], run['parameter_partitioning_dims'],
                                   run['activation_partitioning_dims'], devices=devices)

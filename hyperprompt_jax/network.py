@@ -16,7 +16,7 @@ from hyperprompt_jax.config import HyperPromptConfig  # re-exported: the network
 from hyperprompt_jax.hypernetworks import (HyperAdapterGenerator, HyperPromptGenerator,
                                            InputPrompts, TaskAdapter, apply_adapter,
                                            batch_prompts)
-from hyperprompt_jax.task_ids import check_task_ids, token_tasks
+from hyperprompt_jax.task_ids import check_task_ids, gather_tasks, token_tasks
 
 __all__ = ['HyperPromptConfig', 'Transformer', 'CONDITIONING_PARAMS_REGEX']
 
@@ -145,6 +145,30 @@ def _layer_prompts(layer, stack_prompts, task_ids, query_segments):
   return batch_prompts(pk, pv, task_ids, query_segments)
 
 
+class _DecodePrompts(nn.Module):
+  """Cached decoding: each example's decoder prompts of every layer, made once per decode
+  call (when the cache is created; they depend only on the parameters and the task ids) and
+  read from the cache at every token. Batch-major, so t5x's beam search expands and
+  reorders them with the rest of the cache."""
+  config: HyperPromptConfig
+  prompt_generator: nn.Module
+  prompt_offset: int
+
+  @nn.compact
+  def __call__(self, task_ids, query_segments):
+    cfg = self.config
+
+    def make():
+      keys, values = _stack_prompts(cfg, 'decoder', self.prompt_generator, self.prompt_offset)
+      gather = lambda p: jnp.stack([gather_tasks(p[i], task_ids) for i in range(p.shape[0])], 1)
+      return gather(keys), gather(values)  # two [batch, layers, l, heads, head_dim]
+    keys, values = self.variable('cache', 'prompts', make).value
+    batch, l = keys.shape[0], keys.shape[2]
+    mask = layers.make_attention_mask(query_segments.astype(jnp.int32),
+                                      jnp.ones((batch, l), jnp.int32), jnp.equal)
+    return [(keys[:, i], values[:, i], mask) for i in range(keys.shape[1])]
+
+
 class Encoder(nn.Module):
   config: HyperPromptConfig
   shared_embedding: nn.Module
@@ -190,9 +214,16 @@ class Decoder(nn.Module):
     y = self.shared_embedding(decoder_input_tokens.astype('int32'))  # [batch, len, embed]
     y = _dropout(cfg, y, deterministic).astype(cfg.dtype)
     tasks, query_segments = _task_context(task_ids, segment_ids, y.shape[1], query_real)
-    stack_prompts = _stack_prompts(cfg, 'decoder', self.prompt_generator, self.prompt_offset)
+    cached = None
+    if decode and self.prompt_generator is not None and cfg.prompted_layers('decoder'):
+      cached = _DecodePrompts(cfg, self.prompt_generator, self.prompt_offset,
+                              name='decode_prompts')(task_ids, query_segments)
+      stack_prompts = None
+    else:
+      stack_prompts = _stack_prompts(cfg, 'decoder', self.prompt_generator, self.prompt_offset)
     for i in range(cfg.num_decoder_layers):
-      prompts = _layer_prompts(i, stack_prompts, task_ids, query_segments)
+      prompts = (cached[i] if cached is not None else
+                 _layer_prompts(i, stack_prompts, task_ids, query_segments))
       layer = (nn.remat(DecoderLayer, static_argnums=(5, 6, 7)) if cfg.remat and not decode
                else DecoderLayer)
       y = layer(cfg, rel_emb, self.adapter_generator, self.adapter_offset + i,
@@ -216,7 +247,7 @@ class Transformer(nn.Module):
     self.shared_embedding = layers.Embed(
         num_embeddings=cfg.vocab_size, features=cfg.emb_dim, dtype=cfg.dtype,
         attend_dtype=jnp.float32, embedding_init=nn.initializers.normal(stddev=1.0),
-        one_hot=True, name='token_embedder')
+        one_hot=cfg.one_hot_embedding, name='token_embedder')
     enc_gen = dec_gen = adapter_gen = None
     dec_offset = 0
     if cfg.is_hyperprompt:

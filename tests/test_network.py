@@ -4,6 +4,7 @@ cached decoding and task-id validation."""
 import dataclasses
 import importlib.util
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -196,10 +197,19 @@ def test_cached_decoding_equals_teacher_forced_forward(variant):
                          enable_dropout=False, decode=True, task_ids=task_ids,
                          mutable=['cache'], method=Transformer.decode)
   cache = state['cache']
+  step_params = params
+  if variant in ('share', 'sep', 'global'):
+    # Prompts are made once, with the cache: the steps never read the prompt generator, so
+    # poisoning its parameters after cache creation changes nothing.
+    assert 'decode_prompts' in cache['decoder']
+    step_params = flax.traverse_util.unflatten_dict({
+        k: (jnp.full_like(v, jnp.nan) if any('hyperprompt' in part for part in k) else v)
+        for k, v in flax.traverse_util.flatten_dict(params).items()})
 
   @jax.jit
   def step(cache, token):
-    logits, state = model.apply({'params': params, 'cache': cache}, encoded, inputs, token, token,
+    logits, state = model.apply({'params': step_params, 'cache': cache}, encoded, inputs, token,
+                                token,
                                 enable_dropout=False, decode=True, max_decode_length=LT,
                                 task_ids=task_ids, mutable=['cache'], method=Transformer.decode)
     return logits, state['cache']
@@ -207,7 +217,7 @@ def test_cached_decoding_equals_teacher_forced_forward(variant):
   for t in range(LT):
     logits, cache = step(cache, dec_inputs[:, t:t + 1])
     np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=2e-5, rtol=1e-5)
-  # Prompts are not in the cache: it holds exactly the decoded length.
+  # The prompts are not in the key/value cache: it holds exactly the decoded length.
   cached_key = cache['decoder']['layers_0']['self_attention']['cached_key']
   assert cached_key.shape == (B, config.num_heads, config.head_dim, LT)
 
@@ -225,3 +235,24 @@ def test_bfloat16_compute_keeps_float32_params():
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   logits = _logits(config, params, _batch(), np.array([0, 1, 2], np.int32))
   assert np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize('variant', ['mtl', 'global', 'prompt_tuning'])
+def test_gather_and_one_hot_embeddings_give_the_same_logits_and_gradients(variant):
+  batch = _batch()
+  task_ids = None if variant == 'mtl' else np.array([2, 0, 1], np.int32)
+  out = {}
+  for lookup in ('one_hot', 'gather'):
+    config = tiny_config(variant, embedding_lookup=lookup)
+    assert config.one_hot_embedding == (lookup == 'one_hot')
+    params = init_params(config)
+    model = Transformer(config)
+    loss = lambda p: model.apply({'params': p}, *batch, enable_dropout=False,  # pylint: disable=cell-var-from-loop
+                                 task_ids=task_ids).sum()
+    out[lookup] = (_logits(config, params, batch, task_ids),
+                   jax.grad(loss)(params)['token_embedder']['embedding'])
+  np.testing.assert_allclose(out['gather'][0], out['one_hot'][0], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(out['gather'][1], out['one_hot'][1], atol=1e-4, rtol=1e-4)
+  assert tiny_config(variant).one_hot_embedding == (jax.default_backend() == 'tpu')
+  with pytest.raises(ValueError, match='Unknown embedding_lookup'):
+    tiny_config(variant, embedding_lookup='table')
