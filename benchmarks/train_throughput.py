@@ -1,11 +1,14 @@
-"""Training throughput: examples/s, model FLOP/s (XLA's count for the compiled step) and
-that as a fraction of the matmul peak measured in the same run.
+"""Training throughput with honest utilisation: MFU from analytic model FLOPs
+(hyperprompt_jax/flops.py: matmuls of the model only, 3 x forward), HFU from XLA's count of
+the compiled step (everything the hardware does, one-hot embedding included), both divided by
+the matmul peak measured in the same run.
 
     python benchmarks/train_throughput.py [--steps 20]
 
-Configs: the demo model (batch 16, 64 input / 8 target tokens) and a T5.1.1-Small-sized
-model (batch 8, 128 / 32 tokens), each for 'global' and 'mtl', with the trainer's own step
-(loss, gradients, Adafactor update).
+Configs: the demo model (batch 16, 64 input / 8 target tokens), an emb-256 4+4-layer model
+with a 2048 vocabulary (batch 8, 128 / 32) and T5.1.1-Small's shape (batch 8, 128 / 32);
+'global' and 'mtl' with the platform's embedding lookup ('auto'), and 'global' with the other
+lookup for comparison. The trainer's own step (loss, gradients, Adafactor update).
 """
 
 import argparse
@@ -16,16 +19,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperprompt_jax import gin_utils, models, param_report, trainer
+from hyperprompt_jax import flops, gin_utils, models, param_report, trainer
+from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
 # Model shapes from the gin files (the one source of sizes); float32 on the CPU.
 DEMO = gin_utils.model_config(['models/demo.gin'])
+EMB256 = HyperPromptConfig(vocab_size=2048, emb_dim=256, num_heads=4, head_dim=64, mlp_dim=1024,
+                           num_encoder_layers=4, num_decoder_layers=4,
+                           mlp_activations=('gelu', 'linear'), dropout_rate=0.0, num_tasks=8)
 SMALL = param_report.size_config('small', dtype='float32', num_tasks=8)
-SETUPS = [('demo', DEMO, 16, 64, 8), ('t5.1.1-small', SMALL, 8, 128, 32)]
+SETUPS = [('demo', DEMO, 16, 64, 8), ('emb256-4+4', EMB256, 8, 128, 32),
+          ('t5.1.1-small', SMALL, 8, 128, 32)]
 
 
 def matmul_peak(n=2048, repeats=10):
+  """FLOP/s of a float32 n x n matmul on this device (the best of `repeats`)."""
   a = jnp.ones((n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
@@ -39,15 +48,19 @@ def _timed(fn):
   return time.perf_counter() - start
 
 
-def measure(config, batch_size, inputs_len, targets_len, steps):
-  rng = np.random.RandomState(0)
+def random_batch(config, batch_size, inputs_len, targets_len, seed=0):
+  rng = np.random.RandomState(seed)
   targets = rng.randint(2, config.vocab_size, (batch_size, targets_len)).astype(np.int32)
-  batch = {'encoder_input_tokens': rng.randint(2, config.vocab_size, (batch_size, inputs_len)
-                                               ).astype(np.int32),
-           'decoder_target_tokens': targets,
-           'decoder_input_tokens': np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-           'decoder_loss_weights': np.ones_like(targets),
-           'task_ids': rng.randint(0, config.num_tasks, (batch_size,)).astype(np.int32)}
+  return {'encoder_input_tokens': rng.randint(2, config.vocab_size, (batch_size, inputs_len)
+                                              ).astype(np.int32),
+          'decoder_target_tokens': targets,
+          'decoder_input_tokens': np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+          'decoder_loss_weights': np.ones_like(targets),
+          'task_ids': rng.randint(0, config.num_tasks, (batch_size,)).astype(np.int32)}
+
+
+def compiled_step(config, batch):
+  """(compiled train step, initial state, XLA FLOPs per step)."""
   model = Transformer(config)
   params = models.init_params(model, 0)
   optimizer = trainer.make_optimizer(1e-3, params)
@@ -57,7 +70,11 @@ def measure(config, batch_size, inputs_len, targets_len, steps):
   compiled = step.lower(state, batch).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', 0.0))
+  return compiled, state, float(cost.get('flops', 0.0))
+
+
+def step_seconds(compiled, state, batch, steps):
+  """Median seconds per step (after one warm-up step)."""
   state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
   times = []
@@ -66,8 +83,7 @@ def measure(config, batch_size, inputs_len, targets_len, steps):
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  seconds = float(np.median(times))
-  return batch_size / seconds, flops / seconds
+  return float(np.median(times))
 
 
 def main():
@@ -77,12 +93,21 @@ def main():
   peak = matmul_peak()
   print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}; matmul peak '
         f'(2048^2 float32, this run): {peak / 1e9:.1f} GFLOP/s; median of {args.steps} steps')
-  print('| config | variant | examples/s | model GFLOP/s | fraction of peak |')
-  print('|---|---|---:|---:|---:|')
-  for name, config, batch, li, lt in SETUPS:
-    for variant in ('global', 'mtl'):
-      eps, fps = measure(dataclasses.replace(config, variant=variant), batch, li, lt, args.steps)
-      print(f'| {name} | {variant} | {eps:.1f} | {fps / 1e9:.2f} | {fps / peak:.3f} |')
+  print('| config | variant | embedding | step ms | examples/s | model GFLOP/step | '
+        'XLA GFLOP/step | MFU | HFU |')
+  print('|---|---|---|---:|---:|---:|---:|---:|---:|')
+  for name, base, batch_size, li, lt in SETUPS:
+    default = 'one_hot' if jax.default_backend() == 'tpu' else 'gather'
+    other = 'gather' if default == 'one_hot' else 'one_hot'
+    for variant, lookup in (('global', default), ('mtl', default), ('global', other)):
+      config = dataclasses.replace(base, variant=variant, embedding_lookup=lookup)
+      batch = random_batch(config, batch_size, li, lt)
+      compiled, state, xla_flops = compiled_step(config, batch)
+      seconds = step_seconds(compiled, state, batch, args.steps)
+      model_flops = flops.train_step_flops(config, batch_size, li, lt)
+      print(f'| {name} | {variant} | {lookup} | {seconds * 1e3:.1f} | '
+            f'{batch_size / seconds:.1f} | {model_flops / 1e9:.2f} | {xla_flops / 1e9:.2f} | '
+            f'{model_flops / seconds / peak:.3f} | {xla_flops / seconds / peak:.3f} |')
 
 
 if __name__ == '__main__':
