@@ -218,12 +218,16 @@ def _shape_errors(model_shapes: Dict[str, Tuple], stored_shapes: Dict[str, Tuple
           if k in stored_shapes and tuple(stored_shapes[k]) != tuple(shape)]
 
 
-def load_initial_params(path: str, params, shardings) -> Tuple[Any, Dict[str, List[str]]]:
+def load_initial_params(path: str, params, shardings, task_axes: Optional[Dict[str, int]] = None
+                        ) -> Tuple[Any, Dict[str, List[str]]]:
   """INITIAL_CHECKPOINT_PATH into a freshly initialised model without a host copy of either:
   every stored parameter the model has is read straight into its target sharding (each
   process reads only the slices its devices hold); the others keep their on-device
-  initialisation. Returns the params and a report ('loaded', 'initialised', 'unused', and
-  'step': the checkpoint's step, from its name checkpoint_<step>, else 0)."""
+  initialisation. `task_axes` ({name: axis} of task-indexed parameters): a checkpoint with
+  fewer tasks fills the first rows of those and the new tasks' rows keep their
+  initialisation (adding tasks to a trained model). Returns the params and a report
+  ('loaded', 'initialised', 'unused', 'grown': {name: [old, new] tasks}, and 'step': the
+  checkpoint's step, from its name checkpoint_<step>, else 0)."""
   if t5x_format.is_orbax_layout(path):
     shapes, read = _orbax_source(os.path.join(path, 'state'), 'target')
     step = step_of_path(path)
@@ -235,17 +239,40 @@ def load_initial_params(path: str, params, shardings) -> Tuple[Any, Dict[str, Li
     shapes, read = _orbax_source(directory, 'params')
     step = step_of_path(os.path.dirname(directory) if directory.endswith('default') else directory)
   init_flat, shard_flat = _flat(params), _flat(shardings)
-  wrong = _shape_errors({k: v.shape for k, v in init_flat.items()}, shapes)
+  grown = {k: axis for k, axis in (task_axes or {}).items()
+           if k in shapes and _grows(shapes[k], init_flat[k].shape, axis)}
+  wrong = _shape_errors({k: v.shape for k, v in init_flat.items() if k not in grown}, shapes)
   if wrong:
     raise CheckpointError(f'INITIAL_CHECKPOINT_PATH has parameters of other shapes '
                           f'({len(wrong)}, e.g. {wrong[0]}): use a checkpoint of this model size.')
-  wanted = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shard_flat[k])
+  wanted = {k: jax.ShapeDtypeStruct(shapes[k] if k in grown else v.shape, v.dtype,
+                                    sharding=shard_flat[k])
             for k, v in init_flat.items() if k in shapes}
   loaded = read(wanted) if wanted else {}
+  for k, axis in grown.items():  # old tasks' rows from the checkpoint, new ones as initialised
+    rows = shapes[k][axis]
+    loaded[k] = jax.jit(lambda new, old, a=axis, n=rows: jax.lax.dynamic_update_slice_in_dim(
+        new, old.astype(new.dtype), 0, a), out_shardings=shard_flat[k])(init_flat[k], loaded[k])
   merged = {k: loaded.get(k, v) for k, v in init_flat.items()}
   report = {'loaded': sorted(loaded), 'initialised': sorted(set(init_flat) - set(loaded)),
-            'unused': sorted(set(shapes) - set(init_flat)), 'step': step or 0}
+            'unused': sorted(set(shapes) - set(init_flat)), 'step': step or 0,
+            'grown': {k: [shapes[k][a], init_flat[k].shape[a]] for k, a in grown.items()}}
   return traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in merged.items()}), report
+
+
+def _grows(stored: Tuple, wanted: Tuple, axis: int) -> bool:
+  """A stored task table with fewer tasks than the model's, equal elsewhere."""
+  stored, wanted = tuple(stored), tuple(wanted)
+  return (len(stored) == len(wanted) and stored[axis] < wanted[axis]
+          and all(a == b for i, (a, b) in enumerate(zip(stored, wanted)) if i != axis))
+
+
+def task_axes(abstract_variables) -> Dict[str, int]:
+  """{parameter name: index of its 'tasks' axis} for every task-indexed parameter."""
+  from hyperprompt_jax import partitioning  # pylint: disable=import-outside-toplevel
+  specs = _flat(partitioning.params_logical_specs(abstract_variables))
+  return {k: tuple(spec).index('tasks') for k, spec in specs.items()
+          if spec is not None and 'tasks' in tuple(spec)}
 
 
 def main(argv=None):

@@ -114,14 +114,17 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           num_microbatches: int = 1, z_loss: float = 1e-4,
           report_every_seconds: float = 10.0, parameter_partitioning_dims: int = 1,
           activation_partitioning_dims: int = 1, input_shards: Optional[int] = None,
-          use_cached_tasks: bool = False, seqio_cache_dirs: Sequence[str] = ()) -> Dict:
+          use_cached_tasks: bool = False, seqio_cache_dirs: Sequence[str] = (),
+          new_tasks_only: bool = False) -> Dict:
   """Trains (or resumes) a run in `model_dir`; returns the last logged metrics.
 
   parameter_partitioning_dims / activation_partitioning_dims: t5x's 1-D / 2-D sharding
   (2 = parameters and optimizer state also split over 'data'). input_shards: how many
   shards the global batch is read from (default: one per data-parallel process group, so
   each process reads only its own); fix it to get the same batches on any number of
-  processes. use_cached_tasks: read seqio's cached tasks (made by seqio's cache_tasks_main
+  processes. new_tasks_only: INITIAL_CHECKPOINT_PATH has fewer tasks than the model; train
+  only the new tasks' rows (task embeddings, prompts, adapters), every other parameter and
+  the old tasks' rows unchanged. use_cached_tasks: read seqio's cached tasks (made by seqio's cache_tasks_main
   into one of `seqio_cache_dirs`; see README).
   """
   if seqio_cache_dirs:
@@ -144,11 +147,22 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     params = models.init_params(model, seed, param_shardings)
   store = checkpoints.CheckpointStore(model_dir, keep_checkpoints)
   latest = store.latest_step()
-  start = 0
+  start, first_new_task = 0, None
+  axes = checkpoints.task_axes(abstract)
+  if new_tasks_only and not initial_checkpoint_path:
+    raise TrainingError('train.new_tasks_only needs an INITIAL_CHECKPOINT_PATH with fewer '
+                        'tasks than network.HyperPromptConfig.num_tasks.')
   if initial_checkpoint_path and latest is None:
     params, report = checkpoints.load_initial_params(initial_checkpoint_path, params,
-                                                     param_shardings)
+                                                     param_shardings, axes)
     start = report['step']
+    if report['grown']:
+      log.info('Task tables grown (checkpoint tasks -> model tasks): %s', report['grown'])
+    if new_tasks_only:
+      if not report['grown']:
+        raise TrainingError(f'train.new_tasks_only: {initial_checkpoint_path} already has '
+                            f'num_tasks={config.num_tasks} task rows; raise num_tasks to add tasks.')
+      first_new_task = min(old for old, _ in report['grown'].values())
     log.info('Initial checkpoint %s (step %d): %d loaded, %d initialised (%s), %d unused (%s)',
              initial_checkpoint_path, start, len(report['loaded']), len(report['initialised']),
              report['initialised'], len(report['unused']), report['unused'])
@@ -158,7 +172,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           f'TRAIN_STEPS is the absolute step to stop at, as in t5x; pass '
           f'--gin.TRAIN_STEPS={start + max(train_steps, 1)} to train {max(train_steps, 1)} steps.')
 
-  optimizer = trainer.make_optimizer(learning_rate, params, trainable_regex, frozen_regex)
+  if new_tasks_only and latest is not None:  # resuming: the run's config says where rows start
+    first_new_task = new_tasks_only_from(model_dir)
+  optimizer = trainer.make_optimizer(learning_rate, params, trainable_regex, frozen_regex,
+                                     first_new_task, axes)
+  if first_new_task is not None and jax.process_index() == 0:
+    files.write_text_atomic(os.path.join(model_dir, 'new_tasks_from.txt'), str(first_new_task))
   train_step, state_shardings = jit_train_step(
       model, optimizer, part, params, param_shardings, seed=seed, z_loss=z_loss,
       num_microbatches=num_microbatches)
@@ -253,6 +272,16 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     log.info('%s', clock.summary(train_steps, batch_size, last_record, best))
   writer.flush()
   return last_record
+
+
+def new_tasks_only_from(model_dir: str) -> int:
+  """The first new task id of a new_tasks_only run (written when it started)."""
+  path = os.path.join(model_dir, 'new_tasks_from.txt')
+  if not gfile.exists(path):
+    raise TrainingError(f'{model_dir} has no new_tasks_from.txt: it was not started with '
+                        'train.new_tasks_only; use a new MODEL_DIR.')
+  with gfile.GFile(path) as f:
+    return int(f.read().strip())
 
 
 class Clock:

@@ -4,7 +4,7 @@ that runs steps (input, checkpoints, logging) in the `train` command.
 """
 
 import re
-from typing import Optional
+from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,16 +29,42 @@ def trainable_mask(params, trainable_regex: str = '.*', frozen_regex: Optional[s
   return traverse_util.unflatten_dict(keep)
 
 
-def make_optimizer(learning_rate: float, params, trainable_regex='.*',
-                   frozen_regex=None) -> optax.GradientTransformation:
+def new_task_rows_only(params, first_new_task: int, task_axes: Dict[str, int]
+                       ) -> optax.GradientTransformation:
+  """Zeroes every update except the rows >= first_new_task of task-indexed parameters
+  (`task_axes`: {name: task axis}): the old tasks' rows and every shared parameter,
+  hypernetworks included, stay bit for bit."""
+  flat = traverse_util.flatten_dict(params)
+  axes = traverse_util.unflatten_dict({k: task_axes.get('/'.join(k), -1) for k in flat})
+
+  def keep(update, axis):
+    if axis < 0:
+      return jnp.zeros_like(update)
+    rows = jnp.arange(update.shape[axis]) >= first_new_task
+    return jnp.where(rows.reshape([-1 if i == axis else 1 for i in range(update.ndim)]),
+                     update, jnp.zeros_like(update))
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(keep, updates, axes), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def make_optimizer(learning_rate: float, params, trainable_regex='.*', frozen_regex=None,
+                   first_new_task: Optional[int] = None,
+                   task_axes: Optional[Dict[str, int]] = None) -> optax.GradientTransformation:
   """optax Adafactor with T5's defaults (decay 0.8, update clipping 1.0, parameter scaling);
-  frozen parameters get no update at all."""
+  frozen parameters get no update at all. With `first_new_task`, only the new tasks' rows
+  of the task-indexed parameters train (see new_task_rows_only)."""
   adafactor = optax.adafactor(learning_rate=learning_rate, decay_rate=0.8,
                               clipping_threshold=1.0, multiply_by_parameter_scale=True,
                               momentum=None, min_dim_size_to_factor=128, eps=1e-30)
   mask = trainable_mask(params, trainable_regex, frozen_regex)
   labels = jax.tree.map(lambda t: 'train' if t else 'freeze', mask)
-  return optax.multi_transform({'train': adafactor, 'freeze': optax.set_to_zero()}, labels)
+  optimizer = optax.multi_transform({'train': adafactor, 'freeze': optax.set_to_zero()}, labels)
+  if first_new_task is None:
+    return optimizer
+  return optax.chain(optimizer, new_task_rows_only(params, first_new_task, task_axes or {}))
 
 
 def make_train_step(model: Transformer, optimizer, num_tasks: int, dropout_seed: int = 0,
