@@ -218,7 +218,6 @@ def attention_with_prompts(query, key, value, bias, prompt_key=None, prompt_valu
     if prompt_bias is not None:
       p_logits = p_logits + prompt_bias.astype(p_logits.dtype)
     logits = jnp.concatenate([p_logits, logits], axis=-1)  # [batch, heads, q_len, p_len+k_len]
-    value = jnp.concatenate([prompt_value.astype(value.dtype), value], axis=1)
   weights = jax.nn.softmax(logits).astype(dtype)
   probabilities = weights
   if not deterministic and dropout_rate > 0.0:
@@ -226,7 +225,12 @@ def attention_with_prompts(query, key, value, bias, prompt_key=None, prompt_valu
     keep_shape[-2] = 1  # T5 broadcasts attention dropout over the query axis.
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, keep_shape)
     weights = weights * (keep.astype(dtype) / jnp.asarray(1.0 - dropout_rate, dtype))
-  out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)  # [batch, q_len, heads, head_dim]
+  if prompt_key is None:
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)  # [batch, q_len, heads, head_dim]
+  else:  # two contractions, not a concatenated copy of the values (per decoding step too)
+    p_len = prompt_key.shape[1]
+    out = (jnp.einsum('bhqp,bphd->bqhd', weights[..., :p_len], prompt_value.astype(value.dtype))
+           + jnp.einsum('bhqk,bkhd->bqhd', weights[..., p_len:], value))
   return (out, probabilities) if return_weights else out
 
 
