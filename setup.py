@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
 ]
 
 HF_REQUIRES = ['transformers>=5.23.0,<6', 'safetensors>=0.8.0,<1', 'torch>=2.13.0,<3']
+PLOTS_REQUIRES = ['matplotlib>=3.11.2,<4']  # the analysis' figures
 # libtpu at the version jax pins: TPU VMs, and deviceless TPU compiles on any Linux x86 machine
 # (benchmarks/tpu_fit.py).
 TPU_REQUIRES = ['jax[tpu]>=0.10.2,<0.11; sys_platform == "linux" and platform_machine == "x86_64"']
@@ -38,8 +39,9 @@ setup(
     extras_require={
         'hf': HF_REQUIRES,
         'tpu': TPU_REQUIRES,
+        'plots': PLOTS_REQUIRES,
         # The tests cover the Hugging Face conversion too (torch's CPU build, ~1 minute); the
         # deviceless TPU compile test runs where the tpu extra is installed (CI: .[test,tpu]).
-        'test': ['pytest>=9.2.0,<10'] + HF_REQUIRES,
+        'test': ['pytest>=9.2.0,<10'] + HF_REQUIRES + PLOTS_REQUIRES,
     },
 )

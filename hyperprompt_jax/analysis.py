@@ -5,19 +5,28 @@ the hyper-prompts, and the entropy of the attention distributions (He et al. 202
 
 averages over the first `num_examples` validation examples of each task, all heads and every
 real (non-padding) query. Run it on an 'mtl' run as well to compare entropies with and
-without hyper-prompts (its prompt mass is 0 by construction).
+without hyper-prompts (its prompt mass is 0 by construction). With matplotlib (the `plots`
+extra) it writes MODEL_DIR/analysis/attention_<step>.{json,png} and, for 'global', a plot of
+the learned task embeddings (task_embeddings_<step>.png).
 """
 
+import io
 import json
+import logging
+import os
 from typing import Dict, Optional, Sequence
 
 import gin
+import jax
 import numpy as np
+from tensorflow.io import gfile
 
 import hyperprompt_tasks
-from hyperprompt_jax import checkpoints, evaluation, gin_utils, input_pipeline
+from hyperprompt_jax import checkpoints, evaluation, files, gin_utils, input_pipeline
 from hyperprompt_jax.config import HyperPromptConfig
-from hyperprompt_jax.network import Transformer
+from hyperprompt_jax.network import ENCODER_HYPERPROMPT, SHARED_HYPERPROMPT, Transformer
+
+log = logging.getLogger('hyperprompt_jax')
 
 
 def encoder_attention_stats(model: Transformer, params, tokens: np.ndarray,
@@ -71,7 +80,69 @@ def attention_analysis(*, model_dir: str = gin.REQUIRED,
             'prompt_mass_per_layer': [float(x) for x in np.atleast_1d(total['prompt_mass'] / count)],
             'entropy_per_layer': [float(x) for x in np.atleast_1d(total['entropy'] / count)]}
   print(json.dumps(report))
+  if jax.process_index() == 0:
+    names = {hyperprompt_tasks.TASK_IDS[t.name]: hyperprompt_tasks.short_name(t.name)
+             for t in hyperprompt_tasks.tasks_of(mixture_or_task_name)
+             if t.name in hyperprompt_tasks.TASK_IDS}
+    figures(report, params, os.path.join(model_dir, 'analysis'), names)
   return report
+
+
+def figures(report: Dict, params, out_dir: str,
+            task_names: Optional[Dict[int, str]] = None) -> Sequence[str]:
+  """PNGs beside the JSON (matplotlib, the `plots` extra): prompt mass and entropy per encoder
+  layer, and for 'global' the learned task embeddings projected on their two principal
+  axes. Returns the files written (none without matplotlib)."""
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    log.info('No figures: pip install -e ".[plots]" for PNGs of the analysis.')
+    return []
+  gfile.makedirs(out_dir)
+  files.write_text_atomic(os.path.join(out_dir, f'attention_{report["step"]}.json'),
+                          json.dumps(report, indent=1))
+  written = []
+  layers = np.arange(len(report['entropy_per_layer']))
+  fig, (mass, entropy) = plt.subplots(1, 2, figsize=(8, 3))
+  mass.bar(layers, report['prompt_mass_per_layer'])
+  mass.set(xlabel='encoder layer', ylabel='attention mass on hyper-prompts', xticks=layers)
+  entropy.plot(layers, report['entropy_per_layer'], marker='o')
+  entropy.set(xlabel='encoder layer', ylabel='attention entropy (nats)', xticks=layers)
+  fig.suptitle(f'{report["variant"]}, step {report["step"]}')
+  fig.tight_layout()
+  written.append(_save(fig, os.path.join(out_dir, f'attention_{report["step"]}.png')))
+  table = _task_embeddings(params)
+  if table is not None and len(table) >= 2:
+    centred = table - table.mean(0)
+    _, _, axes = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ axes[:2].T  # [tasks, 2]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(xy[:, 0], xy[:, 1])
+    for tid, (x, y) in enumerate(xy):
+      ax.annotate((task_names or {}).get(tid, str(tid)), (x, y))
+    ax.set(title='task embeddings (first two principal axes)', xticks=[], yticks=[])
+    fig.tight_layout()
+    written.append(_save(fig, os.path.join(out_dir, f'task_embeddings_{report["step"]}.png')))
+  plt.close('all')
+  return written
+
+
+def _task_embeddings(params) -> Optional[np.ndarray]:
+  for name in (SHARED_HYPERPROMPT, ENCODER_HYPERPROMPT):
+    table = params.get(name, {}).get('task_embedding')
+    if table is not None:
+      return np.asarray(table, np.float64)
+  return None
+
+
+def _save(fig, path: str) -> str:
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=120)
+  with gfile.GFile(path, 'wb') as f:
+    f.write(buffer.getvalue())
+  return path
 
 
 def main(argv=None):

@@ -1,6 +1,10 @@
 """Attention analysis: prompt mass per encoder layer and entropies."""
 
+import json
+import os
+
 import numpy as np
+import pytest
 
 from hyperprompt_jax import analysis
 from hyperprompt_jax.network import Transformer
@@ -35,3 +39,20 @@ def test_recording_attention_does_not_change_the_encoding():
                                 method=Transformer.encode, mutable=['intermediates'])
   np.testing.assert_array_equal(np.asarray(plain), np.asarray(recorded))
   assert 'prompt_mass' in state['intermediates']['encoder']['layers_0']['attention']
+
+
+def test_figures_are_valid_pngs(tmp_path):
+  pytest.importorskip('matplotlib')
+  cfg = tiny_config('global', num_tasks=3)
+  report = {'step': 5, 'variant': 'global', 'prompt_mass_per_layer': [0.1, 0.2],
+            'entropy_per_layer': [2.0, 2.5]}
+  written = analysis.figures(report, init_params(cfg), str(tmp_path), {0: 'a', 1: 'b', 2: 'c'})
+  assert [os.path.basename(p) for p in written] == ['attention_5.png', 'task_embeddings_5.png']
+  for path in written:
+    with open(path, 'rb') as f:
+      data = f.read()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 5000
+  with open(tmp_path / 'attention_5.json') as f:
+    assert json.load(f) == report
+  mtl = tiny_config('mtl')  # no task embeddings: the attention figure only
+  assert len(analysis.figures(report, init_params(mtl), str(tmp_path / 'mtl'))) == 1
