@@ -118,11 +118,13 @@ def figures(report: Dict, params, out_dir: str,
     centred = table - table.mean(0)
     _, _, axes = np.linalg.svd(centred, full_matrices=False)
     xy = centred @ axes[:2].T  # [tasks, 2]
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = plt.subplots(figsize=(5, 4))
     ax.scatter(xy[:, 0], xy[:, 1])
+    ax.margins(0.25)
     for tid, (x, y) in enumerate(xy):
       ax.annotate((task_names or {}).get(tid, str(tid)), (x, y))
-    ax.set(title='task embeddings (first two principal axes)', xticks=[], yticks=[])
+    ax.set(xticks=[], yticks=[], xlabel='principal axis 1', ylabel='principal axis 2')
+    ax.set_title(f'task embeddings, step {report["step"]}', fontsize=10)
     fig.tight_layout()
     written.append(_save(fig, os.path.join(out_dir, f'task_embeddings_{report["step"]}.png')))
   plt.close('all')
