@@ -153,7 +153,11 @@ def main(argv=None):
     m = re.search(r'RESOURCE_EXHAUSTED: Ran out of memory.*?\(([0-9.]+)G\) exceeds available '
                   r'HBM \(([0-9.]+)G\)', str(e))
     if not m:
-      raise
+      if os.environ.get('HYPERPROMPT_DEBUG'):
+        raise
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      sys.exit(f'error: XLA could not compile this step for {ours.topology}: {first[:300]} '
+               '(HYPERPROMPT_DEBUG=1 shows the traceback)')
     chip = CHIP_HBM_GIB.get(devices[0].device_kind, '?')
     print(f'{devices[0].device_kind} x{len(devices)} chips: XLA needs {m.group(1)} GiB of '
           f'temporaries per chip, {m.group(2)} GiB are free: add model partitions, remat '
