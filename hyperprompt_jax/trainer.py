@@ -12,6 +12,7 @@ import optax
 from flax import traverse_util
 
 from hyperprompt_jax import models
+from hyperprompt_jax.layers import with_sharding_constraint
 from hyperprompt_jax.network import Transformer
 
 
@@ -67,6 +68,16 @@ def make_optimizer(learning_rate: float, params, trainable_regex='.*', frozen_re
   return optax.chain(optimizer, new_task_rows_only(params, first_new_task, task_axes or {}))
 
 
+def split_microbatches(x, num_microbatches: int):
+  """[batch, ...] -> [num_microbatches, batch / num_microbatches, ...], microbatch i holding
+  rows i, i + n, i + 2n, ...: every data shard gives each microbatch an equal share of its own
+  rows, so the split moves no data between devices (a contiguous split would put microbatch
+  0 on the first shards only, which XLA's SPMD partitioner rejects on large meshes)."""
+  rows = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
+  rows = jnp.swapaxes(rows, 0, 1)
+  return with_sharding_constraint(rows, (None, 'batch') + (None,) * (x.ndim - 1))
+
+
 def make_train_step(model: Transformer, optimizer, num_tasks: int, dropout_seed: int = 0,
                     z_loss: float = 1e-4, num_microbatches: int = 1):
   """state, batch -> new state, metrics. Dropout keys are folded from the step number, so a
@@ -79,9 +90,7 @@ def make_train_step(model: Transformer, optimizer, num_tasks: int, dropout_seed:
     if num_microbatches == 1:
       grads, aux = grad_fn(state['params'], batch, rng)
     else:
-      micro = jax.tree.map(
-          lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:]),
-          batch)
+      micro = jax.tree.map(lambda x: split_microbatches(x, num_microbatches), batch)
 
       def accumulate(carry, inputs):
         i, mb = inputs

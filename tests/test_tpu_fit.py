@@ -75,3 +75,19 @@ def test_unknown_topology_is_one_line():
                        text=True, timeout=300)
   assert out.returncode == 1
   assert re.search(r"error: no TPU topology 'v9:1x1' .*: install libtpu", out.stderr)
+
+
+def test_microbatches_compile_when_the_batch_is_sharded_eight_ways():
+  """options/large_scale.gin (remat, 4 microbatches, 2-D) on 64 chips with 8 model
+  partitions: a contiguous microbatch split made XLA reject this compile ('Slice dim size 8
+  greater than dynamic slice dimension: 1'), as it did XXL's."""
+  out = subprocess.run([sys.executable, 'benchmarks/tpu_fit.py', '--gin_file=models/demo.gin',
+                        '--gin_file=options/large_scale.gin', '--topology=v4:4x4x4',
+                        '--gin.NUM_PARTITIONS=8', '--gin.BATCH_SIZE=128',
+                        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
+                        '--gin.network.HyperPromptConfig.num_heads=8',
+                        '--gin.network.HyperPromptConfig.head_dim=8'],
+                       env=_env(1), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'microbatches=4, remat=True' in out.stdout
+  assert re.fullmatch(r'per-chip HBM: [0-9.]+ GiB of 32 GiB', out.stdout.strip().splitlines()[-1])
