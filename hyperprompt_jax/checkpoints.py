@@ -250,8 +250,7 @@ def load_initial_params(path: str, params, shardings, task_axes: Optional[Dict[s
             for k, v in init_flat.items() if k in shapes}
   loaded = read(wanted) if wanted else {}
   for k, axis in grown.items():  # old tasks' rows from the checkpoint, new ones as initialised
-    rows = shapes[k][axis]
-    loaded[k] = jax.jit(lambda new, old, a=axis, n=rows: jax.lax.dynamic_update_slice_in_dim(
+    loaded[k] = jax.jit(lambda new, old, a=axis: jax.lax.dynamic_update_slice_in_dim(
         new, old.astype(new.dtype), 0, a), out_shardings=shard_flat[k])(init_flat[k], loaded[k])
   merged = {k: loaded.get(k, v) for k, v in init_flat.items()}
   report = {'loaded': sorted(loaded), 'initialised': sorted(set(init_flat) - set(loaded)),

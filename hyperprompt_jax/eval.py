@@ -39,9 +39,8 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
     results, predictions = evaluation.evaluate(model, params, mixture_or_task_name,
                                                task_feature_lengths, batch_size, split=split,
                                                max_examples=max_examples)
-    output.write(s, results, predictions)
+    record, _ = output.write(s, results, predictions)
     log.info('%s', evaluation.format_table(s, results))
-    record = evaluation.eval_record(s, results)
     print(json.dumps(record))
     records[s] = record
   return records

@@ -168,11 +168,12 @@ class EvalOutput:
           os.path.join(self.output_dir, name), asynchronous=False)
     return self._writers[name]
 
-  def write(self, step: int, results, predictions) -> Dict:
-    """Writes one evaluation; returns best.json's contents (empty off process 0)."""
-    if not self.active:
-      return {}
+  def write(self, step: int, results, predictions) -> Tuple[Dict, Dict]:
+    """Writes one evaluation; returns its record and best.json's contents (empty off
+    process 0)."""
     record = eval_record(step, results)
+    if not self.active:
+      return record, {}
     files.append_jsonl(self.sources[0], record)
     for task, rows in predictions.items():
       name = hyperprompt_tasks.short_name(task)
@@ -188,4 +189,4 @@ class EvalOutput:
     best = best_of([r for path in self.sources for r in files.read_jsonl(path)])
     files.write_text_atomic(os.path.join(self.output_dir, 'best.json'),
                             json.dumps(best, indent=1, sort_keys=True))
-    return best
+    return record, best

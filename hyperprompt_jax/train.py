@@ -254,8 +254,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       results, predictions = evaluation.evaluate(
           model, state['params'], mixture_or_task_name, task_feature_lengths, eval_batch_size,
           max_examples=eval_max_examples)
-      best = eval_output.write(done, results, predictions) or best
-      record = evaluation.eval_record(done, results)
+      record, written = eval_output.write(done, results, predictions)
+      best = written or best
       score = record.get('eval/average')
       metrics_log.write(record)
       log.info('%s', evaluation.format_table(done, results))
