@@ -12,7 +12,7 @@ after every run from what has finished (`n` is the number of seeds behind each m
 Groups (--groups; --experiments picks single experiments by name):
   variants          every variant of the network (mtl, prompt tuning, adapters,
                     HyperFormer++, HyperPrompt share / sep / global), trained from scratch
-  prompt_length     'global' with l = 4, 8, 16, 32
+  prompt_length     'global' with l = 4, 8 (the demo's), 16, 32
   placement         'global' with hyper-prompts in the encoder only, the decoder only, both
   tuning            from each seed's trained 'mtl' checkpoint, 'global' tuning everything vs
                     only the task conditioning (the backbone frozen), and prompt tuning
@@ -37,6 +37,7 @@ import numpy as np
 log = logging.getLogger('hyperprompt_jax')
 
 DEMO_STEPS = 3000  # runs/demo.gin's TRAIN_STEPS
+DEMO_PROMPT_LENGTH = 8  # models/demo.gin's prompt_length
 SCORE = 'demo score'
 
 
@@ -68,7 +69,7 @@ EXPERIMENTS: Tuple[Experiment, ...] = (
     Experiment('variants', 'sep', ('variants/sep.gin',), label='HyperPrompt-Sep'),
     Experiment('variants', 'global', ('variants/global.gin',), label='HyperPrompt-Global'),
     *(Experiment('prompt_length', f'global_l{n}', ('variants/global.gin',), (_LENGTH.format(n),),
-                 label=f'global, l = {n}', same_as='global' if n == 16 else None)
+                 label=f'global, l = {n}', same_as='global' if n == DEMO_PROMPT_LENGTH else None)
       for n in (4, 8, 16, 32)),
     Experiment('placement', 'global_encoder', ('variants/global.gin',),
                ('network.HyperPromptConfig.decoder_prompts = False',), label='encoder only'),
@@ -81,7 +82,7 @@ EXPERIMENTS: Tuple[Experiment, ...] = (
     Experiment('tuning', 'global_from_mtl_frozen', ('variants/global.gin',
                                                     'options/freeze_backbone.gin'),
                init_from='mtl', label='global from mtl, only the conditioning tuned'),
-    Experiment('tuning', 'prompt_tuning_from_mtl_frozen', ('runs/prompt_tuning_frozen.gin',),
+    Experiment('tuning', 'prompt_tuning_from_mtl_frozen', ('options/prompt_tuning_frozen.gin',),
                init_from='mtl', label='Prompt-Tuning from mtl, backbone frozen'),
 )
 GROUPS = tuple(dict.fromkeys(e.group for e in EXPERIMENTS))
