@@ -39,7 +39,7 @@ def encoder_attention_stats(model: Transformer, params, tokens: np.ndarray,
   layers = state['intermediates']['encoder']
   real = np.asarray(tokens > 0, np.float32)  # [batch, len]
   if model.config.variant == 'prompt_tuning':  # input prompts are real positions too
-    real = np.concatenate([np.ones((len(tokens), model.config.prompt_length), np.float32),
+    real = np.concatenate([np.ones((len(tokens), model.config.input_prompt_length), np.float32),
                            real], axis=1)
   heads = model.config.num_heads
   out = {'prompt_mass': [], 'entropy': []}

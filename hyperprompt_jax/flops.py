@@ -15,9 +15,10 @@ f = mlp_dim * (number of mlp_activations) + mlp_dim, V = vocab_size, L_e / L_d l
   logits, per target token:         2 d V
 
 p_e / p_d: hyper-prompt columns per row (l, or S*l when packed with S segments), or the input
-prompts' l for 'prompt_tuning' (added to E). Attention is counted in full (not halved for
-causal masking), as PaLM counts it. Task conditioning per step (independent of the batch):
-the hyper-prompt generators for all T tasks; per token: adapters (2 * 2 d a per adapter).
+prompts' input_prompt_length for 'prompt_tuning' (added to E). Attention is counted in full
+(not halved for causal masking), as PaLM counts it. Task conditioning per step (independent
+of the batch): the hyper-prompt generators for all T tasks, HyperFormer++'s generation of
+every adapter for all T tasks; per token: adapters (2 * 2 d a per adapter).
 """
 
 from hyperprompt_jax.config import HyperPromptConfig
@@ -46,7 +47,7 @@ def forward_flops(cfg: HyperPromptConfig, batch: int, input_length: int, target_
   f = cfg.mlp_dim * (len(cfg.mlp_activations) + 1)
   E, D = input_length, target_length
   if cfg.variant == 'prompt_tuning':
-    E += cfg.prompt_length
+    E += cfg.input_prompt_length
   p_e = cfg.prompt_length * segments if cfg.prompted_layers('encoder') else 0
   p_d = cfg.prompt_length * segments if cfg.prompted_layers('decoder') else 0
   enc_layer = E * (2 * (4 * d * k + d * f) + 4 * k * (E + p_e))
@@ -54,10 +55,23 @@ def forward_flops(cfg: HyperPromptConfig, batch: int, input_length: int, target_
                + E * 2 * 2 * d * k)
   per_row = (cfg.num_encoder_layers * enc_layer + cfg.num_decoder_layers * dec_layer
              + D * 2 * d * V)
-  if cfg.variant in ('adapter', 'hyperformer'):
-    per_row += 2 * 2 * d * cfg.adapter_dim * (
-        cfg.num_encoder_layers * E + cfg.num_decoder_layers * D)
-  return float(batch * per_row + _prompt_generation(cfg))
+  blocks = len(cfg.adapter_blocks)
+  per_row += blocks * 2 * 2 * d * cfg.adapter_size * (
+      cfg.num_encoder_layers * E + cfg.num_decoder_layers * D)
+  return float(batch * per_row + _prompt_generation(cfg) + _adapter_generation(cfg))
+
+
+def _adapter_generation(cfg: HyperPromptConfig) -> float:
+  """Forward FLOPs of HyperFormer++ generating every adapter (and its layer norm) of every
+  layer and block for all T tasks."""
+  if cfg.variant != 'hyperformer':
+    return 0.0
+  T, t, H = cfg.num_tasks, cfg.layer_task_embedding_dim, cfg.hyperformer_hidden_dim
+  d, a = cfg.emb_dim, cfg.adapter_size
+  projector = 2 * T * (3 * cfg.task_embedding_dim * H + H * t)
+  generators = 2 * T * t * (2 * d * a + a + 3 * d)
+  adapters = (cfg.num_encoder_layers + cfg.num_decoder_layers) * len(cfg.adapter_blocks)
+  return float(adapters * (projector + generators))
 
 
 def train_step_flops(cfg: HyperPromptConfig, batch: int, input_length: int,

@@ -7,8 +7,9 @@ Notation (DESIGN.md): T tasks, l prompt length, d emb_dim, h heads, d_h head_dim
 b hypernetwork bottleneck, t' task/layer embedding size, t layer-aware task embedding size.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -149,86 +150,166 @@ def batch_prompts(prompt_key, prompt_value, task_ids, query_segments):
   return keys, values, mask
 
 
+VOCAB_INIT_POOL = 5000  # Lester et al.: prompts start as embeddings of the 5,000 commonest tokens
+
+
+def sample_vocab_prompts(rng, embedding, shape):
+  """[T, l, d] input prompts, each vector a copy of a token embedding drawn uniformly from
+  ids 3 .. min(vocab, 5000) - 1 (SentencePiece orders ids by frequency; 0-2 are pad, EOS
+  and unknown). embedding: [vocab, d]."""
+  vocab = embedding.shape[0]
+  high = min(vocab, VOCAB_INIT_POOL)
+  low = 3 if high > 3 else 0
+  ids = jax.random.randint(rng, shape[:2], low, high)  # [T, l]
+  return jnp.asarray(embedding, jnp.float32)[ids]
+
+
 class InputPrompts(nn.Module):
-  """'prompt_tuning': a per-task prompt [l, d] prepended to the encoder's input embeddings."""
+  """'prompt_tuning' (Lester et al. 2021): a per-task prompt [l_in, d] prepended to the
+  encoder's input embeddings; initialised from token embeddings ('vocab') or N(0, 1)."""
   config: HyperPromptConfig
 
   @nn.compact
-  def __call__(self, task_ids):
+  def __call__(self, task_ids, token_embedding):
+    """task_ids [batch]; token_embedding [vocab, d] (the vocab initialisation's source)."""
     cfg = self.config
-    table = param_with_axes('prompts', nn.initializers.normal(1.0),
-                            (cfg.num_tasks, cfg.prompt_length, cfg.emb_dim), jnp.float32,
-                            axes=('tasks', 'prompt', 'embed'))
-    return gather_tasks(table.astype(cfg.dtype), task_ids)  # [batch, l, d]
+    shape = (cfg.num_tasks, cfg.input_prompt_length, cfg.emb_dim)
+    if cfg.input_prompt_init == 'vocab':
+      init = lambda rng, shape: sample_vocab_prompts(rng, token_embedding, shape)
+    else:
+      init = nn.initializers.normal(1.0)
+    table = param_with_axes('prompts', init, shape, axes=('tasks', 'prompt', 'embed'))
+    return gather_tasks(table.astype(cfg.dtype), task_ids)  # [batch, l_in, d]
 
 
 class AdapterWeights(NamedTuple):
+  """One adapter's weights for every task (leading axis [T]); HyperFormer++ also generates
+  the scale and bias of a layer norm on the adapter's output."""
   down: jnp.ndarray  # [T, d, a]
   down_bias: jnp.ndarray  # [T, a]
   up: jnp.ndarray  # [T, a, d]
   up_bias: jnp.ndarray  # [T, d]
+  norm_scale: Optional[jnp.ndarray] = None  # [T, d]
+  norm_bias: Optional[jnp.ndarray] = None  # [T, d]
 
 
-def _adapter_specs(cfg, lead_shape, lead_axes, down_init, up_init):
-  d, a = cfg.emb_dim, cfg.adapter_dim
-  return {
-      'down': (lead_shape + (d, a), lead_axes + ('embed', 'adapter'), down_init),
-      'down_bias': (lead_shape + (a,), lead_axes + ('adapter',), nn.initializers.zeros),
-      'up': (lead_shape + (a, d), lead_axes + ('adapter', 'embed'), up_init),
-      'up_bias': (lead_shape + (d,), lead_axes + ('embed',), nn.initializers.zeros),
-  }
+def _adapter_shapes(cfg):
+  d, a = cfg.emb_dim, cfg.adapter_size
+  return {'down': ((d, a), ('embed', 'adapter')), 'down_bias': ((a,), ('adapter',)),
+          'up': ((a, d), ('adapter', 'embed')), 'up_bias': ((d,), ('embed',))}
+
+
+HOULSBY_INIT_STD = 1e-3  # adapter-bert's init_scale: truncated normal, near identity
 
 
 class TaskAdapter(nn.Module):
-  """'adapter': this layer's per-task adapter weights (up-projection starts at zero)."""
+  """'adapter' (Houlsby et al. 2019): one block's per-task adapter, y + U gelu(D y + b) + c,
+  kernels truncated-normal with std 1e-3 and zero biases, so it starts near the identity."""
   config: HyperPromptConfig
 
   @nn.compact
   def __call__(self) -> AdapterWeights:
     cfg = self.config
-    specs = _adapter_specs(cfg, (cfg.num_tasks,), ('tasks',), _fan_in(1, 2, 0),
-                           nn.initializers.zeros)
-    return AdapterWeights(**{k: param_with_axes(k, init, shape, jnp.float32, axes=axes)
-                             .astype(cfg.dtype) for k, (shape, axes, init) in specs.items()})
+    weights = {}
+    for name, (shape, axes) in _adapter_shapes(cfg).items():
+      init = (nn.initializers.zeros if name.endswith('bias')
+              else nn.initializers.truncated_normal(HOULSBY_INIT_STD))
+      weights[name] = param_with_axes(name, init, (cfg.num_tasks,) + shape, jnp.float32,
+                                      axes=('tasks',) + axes).astype(cfg.dtype)
+    return AdapterWeights(**weights)
 
 
-class HyperAdapterGenerator(nn.Module):
-  """'hyperformer' (Karimi Mahabadi et al. 2021, the ++ form): one hypernetwork generates
-  every layer's adapter from I = h_t([task embedding ; layer embedding])."""
+class HyperFormerTasks(nn.Module):
+  """'hyperformer': the task embeddings [T, t'] both stacks' generators read."""
+  config: HyperPromptConfig
+
+  @nn.compact
+  def __call__(self):
+    cfg = self.config
+    return param_with_axes('task_embedding', nn.initializers.normal(1.0),
+                           (cfg.num_tasks, cfg.task_embedding_dim), jnp.float32,
+                           axes=('tasks', 'task_embed')).astype(cfg.dtype)
+
+
+HYPERFORMER_INIT_STD = 1e-2  # every hypernetwork layer: N(0, 1e-2) kernel, zero bias
+
+
+def _standard_layer_norm(x, eps):
+  """LayerNorm without its affine part (mean and variance over the last axis), in float32."""
+  x = x.astype(jnp.float32)
+  mean = x.mean(-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(jnp.square(x - mean).mean(-1, keepdims=True) + eps)
+
+
+class HyperFormerGenerator(nn.Module):
+  """'hyperformer': HyperFormer++ (Karimi Mahabadi et al. 2021, the layer- and block-aware
+  form, as rabeehk/hyperformer's AdapterLayersOneHyperNetController), one per stack.
+
+  For task tau, layer m and block type b (self-attention or feed-forward):
+    I = LayerNorm(W2 ReLU(W1 [k_tau ; z_m ; e_b] + c1) + c2)      (3t' -> H -> t)
+  and every adapter weight is a linear map of I with a bias: D, its bias, U, its bias, and the
+  scale and bias of a layer norm on the adapter's output (the conditional layer norm):
+    adapter(y) = y + LN_{scale, bias}(U gelu(D y + b_D) + b_U).
+  Every hypernetwork kernel starts N(0, 1e-2), every bias at zero.
+  """
   config: HyperPromptConfig
   num_layers: int
+  tasks: nn.Module  # HyperFormerTasks, shared by the stacks
 
   def setup(self):
     cfg = self.config
-    t_in, t = cfg.task_embedding_dim, cfg.layer_task_embedding_dim
-    self.task_embedding = param_with_axes('task_embedding', nn.initializers.normal(1.0),
-                                          (cfg.num_tasks, t_in), jnp.float32,
-                                          axes=('tasks', 'task_embed'))
-    self.layer_embedding = param_with_axes('layer_embedding', nn.initializers.normal(1.0),
-                                           (self.num_layers, t_in), jnp.float32,
-                                           axes=('layers', 'task_embed'))
-    self.projector = TaskProjector(cfg, name='task_projector')
-    specs = _adapter_specs(cfg, (t,), ('hyper_embed',), _fan_in((0, 1), 2),
-                           nn.initializers.zeros)
-    self.generators = {k: param_with_axes(f'{k}_generator', init, shape, jnp.float32, axes=axes)
-                       for k, (shape, axes, init) in specs.items()}
+    t_in, H, t = cfg.task_embedding_dim, cfg.hyperformer_hidden_dim, cfg.layer_task_embedding_dim
+    small, zeros = nn.initializers.normal(HYPERFORMER_INIT_STD), nn.initializers.zeros
+    p = lambda name, init, shape, axes: param_with_axes(name, init, shape, jnp.float32,
+                                                        axes=axes)
+    self.layer_embedding = p('layer_embedding', nn.initializers.normal(1.0),
+                             (self.num_layers, t_in), ('layers', 'task_embed'))
+    self.block_embedding = p('block_embedding', nn.initializers.normal(1.0),
+                             (len(cfg.adapter_blocks), t_in), ('adapter_blocks', 'task_embed'))
+    self.projector = (p('hidden_kernel', small, (3 * t_in, H), ('task_embed', 'hyper_hidden')),
+                      p('hidden_bias', zeros, (H,), ('hyper_hidden',)),
+                      p('out_kernel', small, (H, t), ('hyper_hidden', 'hyper_embed')),
+                      p('out_bias', zeros, (t,), ('hyper_embed',)))
+    self.projector_norm = (p('projector_norm_scale', nn.initializers.ones, (t,), ('hyper_embed',)),
+                           p('projector_norm_bias', zeros, (t,), ('hyper_embed',)))
+    shapes = dict(_adapter_shapes(cfg), norm_scale=((cfg.emb_dim,), ('embed',)),
+                  norm_bias=((cfg.emb_dim,), ('embed',)))
+    self.generators = {
+        name: (p(f'{name}_generator', small, (t,) + shape, ('hyper_embed',) + axes),
+               p(f'{name}_generator_bias', zeros, shape, axes))
+        for name, (shape, axes) in shapes.items()}
 
-  def __call__(self, layer: int) -> AdapterWeights:
-    dt = self.config.dtype
-    I = self.projector(self.task_embedding.astype(dt),
-                       self.layer_embedding[layer][None].astype(dt))[0]  # [T, t]
-    g = {k: v.astype(dt) for k, v in self.generators.items()}
-    return AdapterWeights(  # each with a leading task axis [T, ...]
-        down=jnp.einsum('tx,xda->tda', I, g['down']),
-        down_bias=I @ g['down_bias'],
-        up=jnp.einsum('tx,xad->tad', I, g['up']),
-        up_bias=I @ g['up_bias'])
+  def __call__(self, layer: int, block: str) -> AdapterWeights:
+    """The adapter of `block` ('self_attention' or 'mlp') in `layer` of this stack, for
+    every task: AdapterWeights with leading axis [T]."""
+    cfg = self.config
+    dt = cfg.dtype
+    tasks = self.tasks()  # [T, t']
+    T = tasks.shape[0]
+    index = list(cfg.adapter_blocks).index(block)
+    x = jnp.concatenate([tasks, jnp.broadcast_to(self.layer_embedding[layer].astype(dt), tasks.shape),
+                         jnp.broadcast_to(self.block_embedding[index].astype(dt), tasks.shape)],
+                        axis=-1)  # [T, 3t']
+    w1, c1, w2, c2 = (v.astype(dt) for v in self.projector)
+    h = nn.relu(x @ w1 + c1) @ w2 + c2  # [T, t]
+    scale, bias = self.projector_norm
+    I = (_standard_layer_norm(h, 1e-6) * scale + bias).astype(dt)  # [T, t]
+    out = {}
+    for name, (kernel, kernel_bias) in self.generators.items():
+      flat = kernel.reshape(kernel.shape[0], -1).astype(dt)  # [t, prod(shape)]
+      out[name] = (I @ flat).reshape((T,) + kernel.shape[1:]) + kernel_bias.astype(dt)
+    return AdapterWeights(**out)
 
 
 def apply_adapter(y, weights: AdapterWeights, tasks, num_tasks: int):
-  """y + U_tau ReLU(D_tau y) with the adapter of each token's task. y: [batch, len, d]."""
+  """y + U_tau gelu(D_tau y + b) + c with the adapter of each token's task (HyperFormer++:
+  the adapter's output goes through its task's layer norm first). y: [batch, len, d].
+  gelu is the tanh approximation (BERT's and adapter-bert's gelu, HyperFormer's gelu_new)."""
   select = task_one_hot(tasks, num_tasks, y.dtype)  # [batch, len, T]
   hidden = jnp.einsum('bld,tda,blt->bla', y, weights.down, select) + select @ weights.down_bias
-  hidden = nn.relu(hidden)  # [batch, len, a]
+  hidden = nn.gelu(hidden, approximate=True)  # [batch, len, a]
   out = jnp.einsum('bla,tad,blt->bld', hidden, weights.up, select) + select @ weights.up_bias
+  if weights.norm_scale is not None:  # HyperFormer++'s conditional layer norm (torch's eps)
+    normed = _standard_layer_norm(out, 1e-5).astype(y.dtype)
+    out = normed * (select @ weights.norm_scale) + select @ weights.norm_bias
   return y + out

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from hyperprompt_jax.config import HyperPromptConfig
+from hyperprompt_jax.hypernetworks import sample_vocab_prompts
 from hyperprompt_jax.network import Transformer
 from hyperprompt_jax.task_ids import token_tasks
 
@@ -37,6 +38,22 @@ def init_params(model: Transformer, seed: int, shardings=None):
   init = init_fn(model)
   return jax.jit(lambda r: init(r)['params'], out_shardings=shardings)(
       jax.random.PRNGKey(seed))
+
+
+def redraw_vocab_prompts(params, seed: int, first_row: int = 0):
+  """'prompt_tuning' with input_prompt_init='vocab': the input prompts' rows >= first_row
+  drawn again from the model's current token embeddings. At initialisation they are drawn
+  from the random embeddings; after INITIAL_CHECKPOINT_PATH replaced those, this draws them
+  from the pretrained ones (Lester et al.'s initialisation). Keeps every sharding."""
+  prompts = params['input_prompts']['prompts']  # [T, l_in, d]
+  table = params['token_embedder']['embedding']  # [vocab, d]
+
+  def draw(prompts, table):
+    fresh = sample_vocab_prompts(jax.random.PRNGKey(seed), table, prompts.shape)
+    keep = jnp.arange(prompts.shape[0])[:, None, None] < first_row
+    return jnp.where(keep, prompts, fresh.astype(prompts.dtype))
+  drawn = jax.jit(draw, out_shardings=prompts.sharding)(prompts, table)
+  return {**params, 'input_prompts': {**params['input_prompts'], 'prompts': drawn}}
 
 
 def check_num_tasks(config: HyperPromptConfig, task_ids: Sequence[int]) -> None:

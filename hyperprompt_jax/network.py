@@ -13,9 +13,9 @@ from flax import linen as nn
 
 from hyperprompt_jax import layers
 from hyperprompt_jax.config import HyperPromptConfig  # re-exported: the network's config
-from hyperprompt_jax.hypernetworks import (HyperAdapterGenerator, HyperPromptGenerator,
-                                           InputPrompts, TaskAdapter, apply_adapter,
-                                           batch_prompts)
+from hyperprompt_jax.hypernetworks import (HyperFormerGenerator, HyperFormerTasks,
+                                           HyperPromptGenerator, InputPrompts, TaskAdapter,
+                                           apply_adapter, batch_prompts)
 from hyperprompt_jax.task_ids import check_task_ids, gather_tasks, token_tasks
 
 __all__ = ['HyperPromptConfig', 'Transformer', 'CONDITIONING_PARAMS_REGEX']
@@ -25,21 +25,28 @@ SHARED_HYPERPROMPT = 'hyperprompt'            # one generator for both stacks
 ENCODER_HYPERPROMPT = 'encoder_hyperprompt'   # share_encoder_decoder_prompts=False
 DECODER_HYPERPROMPT = 'decoder_hyperprompt'
 INPUT_PROMPTS = 'input_prompts'               # 'prompt_tuning'
-HYPERFORMER = 'hyperformer'                   # the adapter generator
-LAYER_ADAPTER = 'adapter'                     # 'adapter': in each layer, after the MLP
+HYPERFORMER = 'hyperformer'                   # HyperFormer++'s task embeddings
+ENCODER_HYPERFORMER = 'encoder_hyperformer'   # its adapter generator, one per stack
+DECODER_HYPERFORMER = 'decoder_hyperformer'
+LAYER_ADAPTERS = ('self_attention_adapter', 'mlp_adapter')  # 'adapter': <block>_adapter
 # Parameter paths ('/'-joined) of the task conditioning: options/freeze_backbone.gin.
 _TOP_LEVEL = (SHARED_HYPERPROMPT, ENCODER_HYPERPROMPT, DECODER_HYPERPROMPT, INPUT_PROMPTS,
-              HYPERFORMER)
-CONDITIONING_PARAMS_REGEX = f'^({"|".join(_TOP_LEVEL)})/|/{LAYER_ADAPTER}/'
+              HYPERFORMER, ENCODER_HYPERFORMER, DECODER_HYPERFORMER)
+CONDITIONING_PARAMS_REGEX = f'^({"|".join(_TOP_LEVEL)})/|/({"|".join(LAYER_ADAPTERS)})/'
 
 
 
-def _layer_adapter(cfg, generator, index):
-  """This layer's adapter weights, from their one source: its own per-task adapter
-  ('adapter'), the shared generator ('hyperformer'), or none. Call inside a compact method."""
+def _adapt(cfg, y, block, generator, index, tasks):
+  """y after this layer's adapter of `block` ('self_attention', 'mlp') when the variant puts
+  one there: its own per-task adapter ('adapter') or the stack's generator ('hyperformer').
+  Call inside a compact method."""
+  if block not in cfg.adapter_blocks:
+    return y
   if cfg.variant == 'adapter':
-    return TaskAdapter(cfg, name=LAYER_ADAPTER)()
-  return generator(index) if generator is not None else None
+    weights = TaskAdapter(cfg, name=f'{block}_adapter')()
+  else:
+    weights = generator(index, block)
+  return apply_adapter(y, weights, tasks, cfg.num_tasks)
 
 
 def _dropout(cfg, x, deterministic, broadcast=True):
@@ -50,8 +57,8 @@ def _dropout(cfg, x, deterministic, broadcast=True):
 class EncoderLayer(nn.Module):
   config: HyperPromptConfig
   relative_embedding: nn.Module
-  adapter_generator: Optional[nn.Module] = None  # 'hyperformer'
-  layer_index: int = 0  # across both stacks, for the adapter generator
+  adapter_generator: Optional[nn.Module] = None  # 'hyperformer': the stack's generator
+  layer_index: int = 0  # within the stack, for the adapter generator
 
   @nn.compact
   def __call__(self, inputs, encoder_mask=None, deterministic=False, prompts=None,
@@ -66,21 +73,20 @@ class EncoderLayer(nn.Module):
         dropout_rate=cfg.dropout_rate, float32_logits=cfg.float32_attention_logits,
         name='attention')(x, x, encoder_mask, bias, prompt_key=pk, prompt_value=pv,
                           prompt_mask=pmask, deterministic=deterministic)
+    x = _adapt(cfg, x, 'self_attention', self.adapter_generator, self.layer_index, tasks)
     x = _dropout(cfg, x, deterministic) + inputs
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
     y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype,
                         name='mlp')(y, deterministic=deterministic)
-    adapter = _layer_adapter(cfg, self.adapter_generator, self.layer_index)
-    if adapter is not None:
-      y = apply_adapter(y, adapter, tasks, cfg.num_tasks)
+    y = _adapt(cfg, y, 'mlp', self.adapter_generator, self.layer_index, tasks)
     return _dropout(cfg, y, deterministic) + x
 
 
 class DecoderLayer(nn.Module):
   config: HyperPromptConfig
   relative_embedding: nn.Module
-  adapter_generator: Optional[nn.Module] = None  # 'hyperformer'
-  layer_index: int = 0  # across both stacks, for the adapter generator
+  adapter_generator: Optional[nn.Module] = None  # 'hyperformer': the stack's generator
+  layer_index: int = 0  # within the stack, for the adapter generator
 
   @nn.compact
   def __call__(self, inputs, encoded, decoder_mask=None, encoder_decoder_mask=None,
@@ -96,6 +102,7 @@ class DecoderLayer(nn.Module):
         dropout_rate=cfg.dropout_rate, float32_logits=cfg.float32_attention_logits,
         name='self_attention')(x, x, decoder_mask, bias, prompt_key=pk, prompt_value=pv,
                                prompt_mask=pmask, deterministic=deterministic, decode=decode)
+    x = _adapt(cfg, x, 'self_attention', self.adapter_generator, self.layer_index, tasks)
     x = _dropout(cfg, x, deterministic) + inputs
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(x)
     y = layers.MultiHeadDotProductAttention(
@@ -107,9 +114,7 @@ class DecoderLayer(nn.Module):
     z = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
     z = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype,
                         name='mlp')(z, deterministic=deterministic)
-    adapter = _layer_adapter(cfg, self.adapter_generator, self.layer_index)
-    if adapter is not None:
-      z = apply_adapter(z, adapter, tasks, cfg.num_tasks)
+    z = _adapt(cfg, z, 'mlp', self.adapter_generator, self.layer_index, tasks)
     return _dropout(cfg, z, deterministic) + y
 
 
@@ -203,7 +208,6 @@ class Decoder(nn.Module):
   prompt_generator: Optional[nn.Module] = None
   prompt_offset: int = 0
   adapter_generator: Optional[nn.Module] = None
-  adapter_offset: int = 0
 
   @nn.compact
   def __call__(self, encoded, decoder_input_tokens, decoder_positions=None, decoder_mask=None,
@@ -226,8 +230,7 @@ class Decoder(nn.Module):
                  _layer_prompts(i, stack_prompts, task_ids, query_segments))
       layer = (nn.remat(DecoderLayer, static_argnums=(5, 6, 7)) if cfg.remat and not decode
                else DecoderLayer)
-      y = layer(cfg, rel_emb, self.adapter_generator, self.adapter_offset + i,
-                name=f'layers_{i}')(
+      y = layer(cfg, rel_emb, self.adapter_generator, i, name=f'layers_{i}')(
           y, encoded, decoder_mask, encoder_decoder_mask, deterministic, decode,
           max_decode_length, prompts, tasks)
     y = layers.LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
@@ -248,7 +251,7 @@ class Transformer(nn.Module):
         num_embeddings=cfg.vocab_size, features=cfg.emb_dim, dtype=cfg.dtype,
         attend_dtype=jnp.float32, embedding_init=nn.initializers.normal(stddev=1.0),
         one_hot=cfg.one_hot_embedding, name='token_embedder')
-    enc_gen = dec_gen = adapter_gen = None
+    enc_gen = dec_gen = enc_adapters = dec_adapters = None
     dec_offset = 0
     if cfg.is_hyperprompt:
       n_enc, n_dec = cfg.prompted_layers('encoder'), cfg.prompted_layers('decoder')
@@ -260,13 +263,15 @@ class Transformer(nn.Module):
         enc_gen = HyperPromptGenerator(cfg, n_enc, name=ENCODER_HYPERPROMPT) if n_enc else None
         dec_gen = HyperPromptGenerator(cfg, n_dec, name=DECODER_HYPERPROMPT) if n_dec else None
     if cfg.variant == 'hyperformer':
-      adapter_gen = HyperAdapterGenerator(
-          cfg, cfg.num_encoder_layers + cfg.num_decoder_layers, name=HYPERFORMER)
+      tasks = HyperFormerTasks(cfg, name=HYPERFORMER)
+      enc_adapters = HyperFormerGenerator(cfg, cfg.num_encoder_layers, tasks,
+                                          name=ENCODER_HYPERFORMER)
+      dec_adapters = HyperFormerGenerator(cfg, cfg.num_decoder_layers, tasks,
+                                          name=DECODER_HYPERFORMER)
     if cfg.variant == 'prompt_tuning':
       self.input_prompts = InputPrompts(cfg, name=INPUT_PROMPTS)
-    self.encoder = Encoder(cfg, self.shared_embedding, enc_gen, 0, adapter_gen)
-    self.decoder = Decoder(cfg, self.shared_embedding, dec_gen, dec_offset, adapter_gen,
-                           cfg.num_encoder_layers)
+    self.encoder = Encoder(cfg, self.shared_embedding, enc_gen, 0, enc_adapters)
+    self.decoder = Decoder(cfg, self.shared_embedding, dec_gen, dec_offset, dec_adapters)
 
   def _task_ids(self, task_ids, segment_ids, batch: int):
     """Validates task ids at the boundary; None for 'mtl'. Zeros while initialising."""
@@ -295,13 +300,14 @@ class Transformer(nn.Module):
     real = encoder_input_tokens > 0
     if self.config.variant == 'prompt_tuning':
       batch = encoder_input_tokens.shape[0]
-      real = jnp.concatenate([jnp.ones((batch, self.config.prompt_length), bool), real], axis=1)
+      real = jnp.concatenate([jnp.ones((batch, self.config.input_prompt_length), bool), real],
+                             axis=1)
     return real
 
   def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=True, *,
              task_ids=None):
     """Encodes [batch, len] tokens -> [batch, len, emb_dim] ([batch, l+len, ...] for
-    'prompt_tuning')."""
+    'prompt_tuning', l = input_prompt_length)."""
     cfg = self.config
     if encoder_input_tokens.ndim != 2:
       raise ValueError(f'encoder_input_tokens must be [batch, len], got {encoder_input_tokens.shape}.')
@@ -311,7 +317,7 @@ class Transformer(nn.Module):
       if encoder_segment_ids is not None:
         raise ValueError("variant 'prompt_tuning' does not support packed rows; turn packing "
                          'off in the feature converter (pack=False).')
-      input_prompts = self.input_prompts(task_ids)  # [batch, l, embed]
+      input_prompts = self.input_prompts(task_ids, self.shared_embedding.embedding)  # [b, l, d]
     real = self._encoder_key_mask(encoder_input_tokens)
     mask = layers.make_attention_mask(real, real, dtype=cfg.dtype)
     if encoder_segment_ids is not None:

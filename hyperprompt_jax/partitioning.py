@@ -45,6 +45,7 @@ HYPERPROMPT_AXIS_RULES: Rules = [
     ('hyper_embed', None),       # t: layer-aware task embedding
     ('hyper_bottleneck', None),  # b: local hypernetwork bottleneck
     ('adapter', None),           # adapter bottleneck
+    ('adapter_blocks', None),    # HyperFormer++'s block types (self-attention, feed-forward)
 ]
 
 ADAFACTOR_FACTOR_RULES = {
@@ -55,6 +56,7 @@ ADAFACTOR_FACTOR_RULES = {
     'hyper_embed': 'none',
     'hyper_bottleneck': 'none',
     'adapter': 'column',
+    'adapter_blocks': 'batch',
 }
 
 

@@ -115,7 +115,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           report_every_seconds: float = 10.0, parameter_partitioning_dims: int = 1,
           activation_partitioning_dims: int = 1, input_shards: Optional[int] = None,
           use_cached_tasks: bool = False, seqio_cache_dirs: Sequence[str] = (),
-          new_tasks_only: bool = False) -> Dict:
+          new_tasks_only: bool = False, adafactor_parameter_scale: bool = True,
+          weight_decay_rate: Optional[float] = None) -> Dict:
   """Trains (or resumes) a run in `model_dir`; returns the last logged metrics.
 
   parameter_partitioning_dims / activation_partitioning_dims: t5x's 1-D / 2-D sharding
@@ -124,7 +125,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   each process reads only its own); fix it to get the same batches on any number of
   processes. new_tasks_only: INITIAL_CHECKPOINT_PATH has fewer tasks than the model; train
   only the new tasks' rows (task embeddings, prompts, adapters), every other parameter and
-  the old tasks' rows unchanged. use_cached_tasks: read seqio's cached tasks (made by seqio's cache_tasks_main
+  the old tasks' rows unchanged. adafactor_parameter_scale / weight_decay_rate: Adafactor's
+  update scaling by each parameter's RMS (T5's default, on) and decoupled weight decay
+  (default none). use_cached_tasks: read seqio's cached tasks (made by seqio's cache_tasks_main
   into one of `seqio_cache_dirs`; see README).
   """
   if seqio_cache_dirs:
@@ -156,6 +159,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     params, report = checkpoints.load_initial_params(initial_checkpoint_path, params,
                                                      param_shardings, axes)
     start = report['step']
+    params = _vocab_prompts_from_checkpoint(config, params, report, seed)
     if report['grown']:
       log.info('Task tables grown (checkpoint tasks -> model tasks): %s', report['grown'])
     if new_tasks_only:
@@ -175,7 +179,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   if new_tasks_only and latest is not None:  # resuming: the run's config says where rows start
     first_new_task = new_tasks_only_from(model_dir)
   optimizer = trainer.make_optimizer(learning_rate, params, trainable_regex, frozen_regex,
-                                     first_new_task, axes)
+                                     first_new_task, axes, adafactor_parameter_scale,
+                                     weight_decay_rate)
   if first_new_task is not None and jax.process_index() == 0:
     files.write_text_atomic(os.path.join(model_dir, 'new_tasks_from.txt'), str(first_new_task))
   train_step, state_shardings = jit_train_step(
@@ -272,6 +277,22 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     log.info('%s', clock.summary(train_steps, batch_size, last_record, best))
   writer.flush()
   return last_record
+
+
+def _vocab_prompts_from_checkpoint(config: HyperPromptConfig, params, report: Dict, seed: int):
+  """Input prompts that the checkpoint did not hold (all, or the new tasks' rows) drawn from
+  its token embeddings rather than from the random ones they started from."""
+  name = 'input_prompts/prompts'
+  if config.variant != 'prompt_tuning' or config.input_prompt_init != 'vocab':
+    return params
+  if name in report['grown']:
+    first = report['grown'][name][0]
+  elif name in report['initialised'] and 'token_embedder/embedding' in report['loaded']:
+    first = 0
+  else:
+    return params
+  log.info('Input prompts of tasks %d.. drawn from the checkpoint\'s token embeddings.', first)
+  return models.redraw_vocab_prompts(params, seed, first)
 
 
 def new_tasks_only_from(model_dir: str) -> int:

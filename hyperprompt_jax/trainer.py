@@ -53,13 +53,17 @@ def new_task_rows_only(params, first_new_task: int, task_axes: Dict[str, int]
 
 def make_optimizer(learning_rate: float, params, trainable_regex='.*', frozen_regex=None,
                    first_new_task: Optional[int] = None,
-                   task_axes: Optional[Dict[str, int]] = None) -> optax.GradientTransformation:
+                   task_axes: Optional[Dict[str, int]] = None,
+                   parameter_scale: bool = True,
+                   weight_decay_rate: Optional[float] = None) -> optax.GradientTransformation:
   """optax Adafactor with T5's defaults (decay 0.8, update clipping 1.0, parameter scaling);
   frozen parameters get no update at all. With `first_new_task`, only the new tasks' rows
-  of the task-indexed parameters train (see new_task_rows_only)."""
+  of the task-indexed parameters train (see new_task_rows_only). parameter_scale=False and
+  weight_decay_rate=1e-5 are Prompt-Tuning's settings (google-research/prompt-tuning)."""
   adafactor = optax.adafactor(learning_rate=learning_rate, decay_rate=0.8,
-                              clipping_threshold=1.0, multiply_by_parameter_scale=True,
-                              momentum=None, min_dim_size_to_factor=128, eps=1e-30)
+                              clipping_threshold=1.0, multiply_by_parameter_scale=parameter_scale,
+                              momentum=None, min_dim_size_to_factor=128, eps=1e-30,
+                              weight_decay_rate=weight_decay_rate)
   mask = trainable_mask(params, trainable_regex, frozen_regex)
   labels = jax.tree.map(lambda t: 'train' if t else 'freeze', mask)
   optimizer = optax.multi_transform({'train': adafactor, 'freeze': optax.set_to_zero()}, labels)

@@ -16,7 +16,7 @@ def tiny_config(variant='global', **overrides):
                 num_encoder_layers=2, num_decoder_layers=2, mlp_activations=('gelu', 'linear'),
                 dropout_rate=0.0, variant=variant, num_tasks=3, prompt_length=4,
                 hyper_bottleneck=6, task_embedding_dim=5, layer_task_embedding_dim=7,
-                adapter_dim=6)
+                adapter_dim=6, hyperformer_hidden_dim=9, input_prompt_length=5)
   fields.update(overrides)
   return HyperPromptConfig(**fields)
 

@@ -144,3 +144,17 @@ def test_freeze_backbone_binds_the_conditioning_regex():
   ref = repr(gin.query_parameter('hyperprompt_jax.train.train.trainable_regex'))
   gin.parse_config(f'tests.test_gin_configs._value.value = {ref}')
   assert _value() == CONDITIONING_PARAMS_REGEX
+
+
+def test_prompt_tuning_frozen_is_lesters_setting_on_any_run():
+  _parse(['runs/demo.gin', 'options/prompt_tuning_frozen.gin'])
+  query = lambda name: gin.query_parameter(f'hyperprompt_jax.train.train.{name}')
+  assert (query('pack'), query('learning_rate'), query('adafactor_parameter_scale'),
+          query('weight_decay_rate')) == (False, 0.3, False, 1e-5)
+  ref = repr(query('trainable_regex'))
+  gin.parse_config(f'tests.test_gin_configs._value.value = {ref}')
+  assert _value() == CONDITIONING_PARAMS_REGEX
+  gin.finalize()
+  config = _built()
+  assert (config.variant, config.input_prompt_length, config.input_prompt_init) == (
+      'prompt_tuning', 100, 'vocab')

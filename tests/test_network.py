@@ -3,13 +3,16 @@ cached decoding and task-id validation."""
 
 import dataclasses
 import importlib.util
+import re
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
+from hyperprompt_jax.hypernetworks import HyperFormerGenerator, HyperFormerTasks
 from hyperprompt_jax.network import Transformer
 from tests import t5_reference
 from tests.helpers import (ALL_VARIANTS, CONDITIONED, init_params, random_tokens, shift_right,
@@ -41,7 +44,7 @@ def test_every_variant_gives_finite_logits_of_t5_shapes(variant):
   assert np.isfinite(logits).all()
   encoded = Transformer(config).apply({'params': params}, batch[0], enable_dropout=False,
                                       task_ids=task_ids, method=Transformer.encode)
-  extra = config.prompt_length if variant == 'prompt_tuning' else 0
+  extra = config.input_prompt_length if variant == 'prompt_tuning' else 0
   assert encoded.shape == (B, LI + extra, config.emb_dim)
 
 
@@ -56,17 +59,77 @@ def test_mtl_matches_independent_reference():
   np.testing.assert_allclose(logits[real], expected[real], atol=2e-4, rtol=1e-4)
 
 
+def _zeroed(params, pattern):
+  flat = traverse_util.flatten_dict(params, sep='/')
+  return traverse_util.unflatten_dict(
+      {k: jnp.zeros_like(v) if re.search(pattern, k) else v for k, v in flat.items()}, sep='/')
+
+
+# What makes each adapter's output zero: Houlsby's up-projection and its bias; HyperFormer++'s
+# generated layer-norm scale and bias (the norm is the adapter's last operation).
+_ADAPTER_OUTPUT = {'adapter': r'_adapter/up', 'hyperformer': r'norm_(scale|bias)_generator'}
+
+
+@pytest.mark.parametrize('placement', ['attention_mlp', 'mlp'])
 @pytest.mark.parametrize('variant', ['adapter', 'hyperformer'])
-def test_adapters_at_initialisation_compute_plain_t5(variant):
-  """Adapters start as the identity (zero up-projection): with the same T5 weights, the
-  variant computes exactly what 'mtl' computes."""
-  config = tiny_config(variant)
-  params = init_params(config, perturb=False)
-  mtl_params = init_params(tiny_config('mtl'), perturb=False)
+def test_adapters_with_a_zero_output_compute_plain_t5(variant, placement):
+  """Each adapter is y + f(y) before the residual: with f's last map zero the variant
+  computes exactly what 'mtl' computes with the same T5 weights; with its real (perturbed)
+  weights it does not."""
+  config = tiny_config(variant, adapter_placement=placement)
+  params = init_params(config)
+  mtl_params = init_params(tiny_config('mtl'))
   batch = _batch()
+  ids = np.array([0, 1, 2], np.int32)
   mtl = _logits(tiny_config('mtl'), mtl_params, batch, None)
-  got = _logits(config, _merge(params, mtl_params), batch, np.array([0, 1, 2], np.int32))
+  merged = _merge(params, mtl_params)
+  got = _logits(config, _zeroed(merged, _ADAPTER_OUTPUT[variant]), batch, ids)
   np.testing.assert_allclose(got, mtl, atol=1e-5)
+  assert np.abs(_logits(config, merged, batch, ids) - mtl).max() > 1e-3
+
+
+def test_houlsby_adapters_start_near_the_identity():
+  """Houlsby et al.'s near-identity initialisation (std 1e-3): at initialisation 'adapter'
+  is within a hair of 'mtl' with the same T5 weights, but not equal to it."""
+  config = tiny_config('adapter')
+  params = _merge(init_params(config, perturb=False), init_params(tiny_config('mtl')))
+  batch = _batch()
+  mtl = _logits(tiny_config('mtl'), init_params(tiny_config('mtl')), batch, None)
+  got = _logits(config, params, batch, np.array([0, 1, 2], np.int32))
+  assert 0 < np.abs(got - mtl).max() < 1e-3
+
+
+@pytest.mark.parametrize('block', ['self_attention', 'mlp'])
+def test_each_houlsby_adapter_acts_on_its_own_block(block):
+  """Zeroing one block's adapters leaves the other's effect: both placements are live, and
+  'mlp' placement has no self-attention adapters at all."""
+  config = tiny_config('adapter')
+  params = init_params(config)
+  batch = _batch()
+  ids = np.array([0, 1, 2], np.int32)
+  full = _logits(config, params, batch, ids)
+  without = _logits(config, _zeroed(params, f'{block}_adapter/up'), batch, ids)
+  assert np.abs(full - without).max() > 1e-3
+  names = traverse_util.flatten_dict(init_params(tiny_config('adapter', adapter_placement='mlp'),
+                                                 perturb=False), sep='/')
+  assert not any('self_attention_adapter' in n for n in names)
+  assert sum('mlp_adapter/up' in n for n in names) == 2 * 4  # up, up_bias in 4 layers
+
+
+def test_hyperformer_layer_norm_is_conditional_and_blocks_are_embedded():
+  """HyperFormer++: the post-adapter layer norm's scale is generated per task (two tasks get
+  different scales), and the block-type embedding makes the self-attention and feed-forward
+  adapters of one layer differ."""
+  config = tiny_config('hyperformer')
+  params = init_params(config)
+  gen = HyperFormerGenerator(config, config.num_encoder_layers, HyperFormerTasks(config))
+  variables = {'params': {**params['encoder_hyperformer'], 'tasks': params['hyperformer']}}
+  attention = gen.apply(variables, 0, 'self_attention')
+  mlp = gen.apply(variables, 0, 'mlp')
+  assert attention.norm_scale.shape == (config.num_tasks, config.emb_dim)
+  assert np.abs(attention.norm_scale[0] - attention.norm_scale[1]).max() > 1e-4
+  assert np.abs(attention.down - mlp.down).max() > 1e-4
+  assert params['encoder_hyperformer']['block_embedding'].shape == (2, config.task_embedding_dim)
 
 
 def _merge(target, source):

@@ -73,3 +73,37 @@ def test_new_tasks_only_changes_only_the_new_rows(variant):
       assert not np.array_equal(value[3:], before[name][3:]), name
     else:
       np.testing.assert_array_equal(value, before[name])
+
+
+def _rows_of(table, vectors):
+  """For each vector [n, d], the index of the equal row of table [vocab, d] (or -1)."""
+  eq = (vectors[:, None, :] == table[None, :, :]).all(-1)  # [n, vocab]
+  return np.where(eq.any(1), eq.argmax(1), -1)
+
+
+def test_input_prompts_start_as_token_embeddings_of_the_checkpoint():
+  """Lester et al.'s initialisation: every prompt vector is a token embedding (ids 3 ..
+  vocab-1); after an INITIAL_CHECKPOINT_PATH the prompts it did not hold are drawn from its
+  embeddings, and the old tasks' rows of a grown table are kept."""
+  from hyperprompt_jax import train  # pylint: disable=import-outside-toplevel
+  cfg = tiny_config('prompt_tuning', num_tasks=4)
+  params = init_params(cfg, perturb=False)
+  table = np.asarray(params['token_embedder']['embedding'])
+  prompts = np.asarray(params['input_prompts']['prompts'])  # [T, l_in, d]
+  ids = _rows_of(table, prompts.reshape(-1, cfg.emb_dim))
+  assert (ids >= 3).all() and len(set(ids.tolist())) > 3
+  loaded = {**params, 'token_embedder': {'embedding': params['token_embedder']['embedding'] + 1.0}}
+  new_table = table + 1.0
+  report = {'grown': {'input_prompts/prompts': [2, 4]}, 'initialised': [],
+            'loaded': ['token_embedder/embedding', 'input_prompts/prompts']}
+  got = np.asarray(train._vocab_prompts_from_checkpoint(cfg, loaded, report, seed=0)
+                   ['input_prompts']['prompts'])
+  np.testing.assert_array_equal(got[:2], prompts[:2])  # old tasks' rows as loaded
+  assert (_rows_of(new_table, got[2:].reshape(-1, cfg.emb_dim)) >= 3).all()
+  report = {'grown': {}, 'initialised': ['input_prompts/prompts'],
+            'loaded': ['token_embedder/embedding']}
+  got = np.asarray(train._vocab_prompts_from_checkpoint(cfg, loaded, report, seed=0)
+                   ['input_prompts']['prompts'])
+  assert (_rows_of(new_table, got.reshape(-1, cfg.emb_dim)) >= 3).all()
+  normal = tiny_config('prompt_tuning', input_prompt_init='normal')
+  assert train._vocab_prompts_from_checkpoint(normal, loaded, report, 0) is loaded
