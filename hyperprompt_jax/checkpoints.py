@@ -14,6 +14,7 @@ writes the run's parameters as DIR/checkpoint_<step> in t5x's layout.
 """
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -264,6 +265,31 @@ def _grows(stored: Tuple, wanted: Tuple, axis: int) -> bool:
   stored, wanted = tuple(stored), tuple(wanted)
   return (len(stored) == len(wanted) and stored[axis] < wanted[axis]
           and all(a == b for i, (a, b) in enumerate(zip(stored, wanted)) if i != axis))
+
+
+TASK_IDS_FILE = 'task_ids.json'
+
+
+def check_task_ids(model_dir: str, task_ids: Dict[str, int], write: bool = False) -> None:
+  """The task ids a run was trained with, MODEL_DIR/task_ids.json ({seqio task: id}, written
+  by train when it starts and extended when tasks are added): a task whose id differs now is
+  an error, never a model silently reading another task's row. `write` records `task_ids`
+  (process 0)."""
+  path = os.path.join(model_dir, TASK_IDS_FILE)
+  stored = {}
+  if gfile.exists(path):
+    with gfile.GFile(path) as f:
+      stored = json.load(f)
+  changed = sorted(k for k in task_ids if k in stored and stored[k] != task_ids[k])
+  if changed:
+    k = changed[0]
+    raise CheckpointError(
+        f'{k} had task id {stored[k]} when {model_dir} was trained and has {task_ids[k]} now '
+        f'({len(changed)} task(s) changed): the task table changed since; use the table the '
+        f'model was trained with, or start a new MODEL_DIR.')
+  merged = {**stored, **task_ids}
+  if write and merged != stored and jax.process_index() == 0:
+    files.write_text_atomic(path, json.dumps(merged, indent=1, sort_keys=True))
 
 
 def task_axes(abstract_variables) -> Dict[str, int]:

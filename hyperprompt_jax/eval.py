@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 import gin
 
+import hyperprompt_tasks
 from hyperprompt_jax import checkpoints, evaluation, gin_utils
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
@@ -28,6 +29,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
              output_dir: Optional[str] = None, split: str = 'validation', batch_size: int = 64,
              max_examples: Optional[int] = None, all_steps: bool = False) -> Dict:
   """Evaluates the latest (or given, or with all_steps every) saved step."""
+  checkpoints.check_task_ids(model_dir, hyperprompt_tasks.task_id_map(mixture_or_task_name))
   model = Transformer(config)
   output = evaluation.EvalOutput(output_dir or os.path.join(model_dir, 'inference_eval'),
                                  model_dir)

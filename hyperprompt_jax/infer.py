@@ -35,6 +35,8 @@ def infer(*, model_dir: str = gin.REQUIRED, input_file: str = gin.REQUIRED,
     if 'task' not in row or 'inputs' not in row:
       raise ValueError(f'{input_file} line {i + 1} needs "task" and "inputs" keys.')
   task_ids = [task_table.task_id(r['task']) for r in rows]
+  checkpoints.check_task_ids(model_dir, {_seqio_name(r['task']): tid
+                                         for r, tid in zip(rows, task_ids)})
   model = Transformer(config)
   params, step = checkpoints.restore_params(model, model_dir, step)
   tokens = [list(vocabulary.encode(r['inputs']))[:task_feature_lengths['inputs'] - 1] + [1]
@@ -48,6 +50,14 @@ def infer(*, model_dir: str = gin.REQUIRED, input_file: str = gin.REQUIRED,
       f.write(json.dumps(dict(row, prediction=vocabulary.decode(out), step=step)) + '\n')
   log.info('Wrote %d predictions to %s', len(rows), output_file)
   return output_file
+
+
+def _seqio_name(task: str) -> str:
+  """'glue/rte' -> 'hyperprompt_glue_rte'; a seqio name is returned as it is."""
+  if '/' in task:
+    benchmark, short = task.split('/', 1)
+    return task_table.task_name(benchmark, short)
+  return task
 
 
 def main(argv=None):

@@ -133,6 +133,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   if seqio_cache_dirs:
     seqio.add_global_cache_dirs(list(seqio_cache_dirs))
   prepare_model_dir(model_dir)
+  checkpoints.check_task_ids(model_dir, hyperprompt_tasks.task_id_map(mixture_or_task_name),
+                             write=True)
   gin_utils.write_config(model_dir)
   if batch_size % num_microbatches:
     raise TrainingError(f'BATCH_SIZE={batch_size} is not divisible by num_microbatches='

@@ -10,12 +10,14 @@ import seqio
 from hyperprompt_tasks import demo, glue_super_glue, metrics, task_table
 from hyperprompt_tasks.feature_converter import TaskIdEncDecFeatureConverter
 from hyperprompt_tasks.glue_super_glue import register_mixture
-from hyperprompt_tasks.task_table import TASK_IDS, num_tasks, short_name, task_id
+from hyperprompt_tasks.registration import register_task
+from hyperprompt_tasks.task_table import (TASK_IDS, next_free_id, num_tasks, register_task_id,
+                                          short_name, task_id)
 from hyperprompt_tasks.vocab import demo_vocabulary, task_vocabulary
 
 __all__ = ['TASK_IDS', 'TaskIdEncDecFeatureConverter', 'benchmark_mixture', 'demo', 'demo_vocabulary',
-           'get_mixture_or_task', 'glue_super_glue', 'metrics', 'num_tasks', 'register_mixture',
-           'short_name', 'task_id', 'task_ids_of', 'task_table', 'task_vocabulary', 'tasks_of']
+           'get_mixture_or_task', 'glue_super_glue', 'metrics', 'next_free_id', 'num_tasks',
+           'register_mixture', 'register_task', 'register_task_id', 'short_name', 'task_id', 'task_id_map', 'task_ids_of', 'task_table', 'task_vocabulary', 'tasks_of']
 
 if 'hyperprompt_demo' not in seqio.MixtureRegistry.names():
   glue_super_glue.register_all()
@@ -33,10 +35,11 @@ def get_mixture_or_task(name: str):
 
 
 def benchmark_mixture(benchmark: str) -> str:
-  """The proportional mixture of a benchmark: 'glue' -> 'hyperprompt_glue' (gin: BENCHMARK)."""
-  if benchmark not in ('glue', 'super_glue'):
-    raise ValueError(f"BENCHMARK={benchmark!r}: choose 'glue' or 'super_glue' (or set "
-                     'MIXTURE_OR_TASK_NAME directly).')
+  """The proportional mixture of a benchmark: 'glue' -> 'hyperprompt_glue' (gin: BENCHMARK;
+  'glue_super_glue' trains one model on both)."""
+  if benchmark not in task_table.BENCHMARKS:
+    raise ValueError(f"BENCHMARK={benchmark!r}: choose 'glue', 'super_glue' or "
+                     "'glue_super_glue' (or set MIXTURE_OR_TASK_NAME directly).")
   return f'hyperprompt_{benchmark}'
 
 
@@ -48,4 +51,9 @@ def tasks_of(name: str):
 
 def task_ids_of(name: str):
   """Task ids a mixture or task emits (for the num_tasks check)."""
-  return sorted({TASK_IDS[t.name] for t in tasks_of(name) if t.name in TASK_IDS})
+  return sorted(set(task_id_map(name).values()))
+
+
+def task_id_map(name: str):
+  """{seqio task name: task id} of a mixture's (or a task's) tasks."""
+  return {t.name: TASK_IDS[t.name] for t in tasks_of(name) if t.name in TASK_IDS}

@@ -3,8 +3,9 @@
 Tasks: hyperprompt_glue_<task> for cola, sst2, mrpc, qqp, stsb, mnli (validation = matched),
 mnli_mismatched (eval only), qnli, rte; hyperprompt_super_glue_<task> for boolq, cb, copa,
 multirc, record, rte, wic, wsc (eval) and wsc_train (train only, positives as in T5).
-Mixtures: hyperprompt_glue, hyperprompt_super_glue (proportional to real train sizes, capped
-at 2**19 examples), and *_temperature (rates ** (1/2)); `register_mixture` makes others.
+Mixtures: hyperprompt_glue, hyperprompt_super_glue, hyperprompt_glue_super_glue (both: task
+ids are disjoint) (proportional to real train sizes, capped at 2**19 examples), and
+*_temperature (rates ** (1/2)); `register_mixture` makes others.
 """
 
 from typing import Optional
@@ -145,23 +146,24 @@ def mixture_rates(benchmark: str, cap: Optional[int] = DEFAULT_CAP, temperature:
 
 def register_mixture(name: str, benchmark: str, cap: Optional[int] = DEFAULT_CAP,
                      temperature: float = 1.0):
-  """Registers a mixture of a benchmark's tasks; eval-only companions are included with the
-  rate of the task they evaluate (seqio skips them when sampling the train split)."""
-  rates = mixture_rates(benchmark, cap, temperature)
+  """Registers a mixture of a benchmark's tasks ('glue_super_glue': both benchmarks' tasks,
+  disjoint ids, one model); eval-only companions are included with the rate of the task
+  they evaluate (seqio skips them when sampling the train split)."""
+  benchmarks = ('glue', 'super_glue') if benchmark == 'glue_super_glue' else (benchmark,)
   entries = []
-  for short, rate in rates.items():
-    train_name = 'wsc_train' if short == 'wsc' else short
-    entries.append((task_table.task_name(benchmark, train_name), rate))
-    companion = {'mnli': 'mnli_mismatched', 'wsc': 'wsc'}.get(short)
-    if companion:
-      if companion != train_name:
-        entries.append((task_table.task_name(benchmark, companion), rate))
+  for one in benchmarks:
+    for short, rate in mixture_rates(one, cap, temperature).items():
+      train_name = 'wsc_train' if short == 'wsc' else short
+      entries.append((task_table.task_name(one, train_name), rate))
+      companion = {'mnli': 'mnli_mismatched', 'wsc': 'wsc'}.get(short)
+      if companion and companion != train_name:
+        entries.append((task_table.task_name(one, companion), rate))
   seqio.MixtureRegistry.add(name, entries)
 
 
 def register_all():
   _register_glue()
   _register_super_glue()
-  for benchmark in ('glue', 'super_glue'):
+  for benchmark in task_table.BENCHMARKS:
     register_mixture(f'hyperprompt_{benchmark}', benchmark)
     register_mixture(f'hyperprompt_{benchmark}_temperature', benchmark, temperature=2.0)

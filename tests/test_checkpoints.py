@@ -1,6 +1,7 @@
 """T5X checkpoints (both layouts) and ours restore into every variant; remat is exact."""
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -114,3 +115,18 @@ def test_our_checkpoint_exports_to_the_t5x_layout_and_reads_back(tmp_path):
   assert path.endswith('checkpoint_42') and t5x_format.is_t5x_checkpoint(path)
   jax.tree.map(np.testing.assert_array_equal, checkpoints.load_params(path), params)
 
+
+
+def test_a_task_whose_id_changed_since_training_is_refused(tmp_path):
+  """MODEL_DIR/task_ids.json keeps the ids a run was trained with: reading the model with a
+  task table that moved a task's id (SuperGLUE's 0-7 became 8-15) is a one-line error;
+  adding tasks extends the record."""
+  model_dir = str(tmp_path)
+  checkpoints.check_task_ids(model_dir, {'hyperprompt_super_glue_cb': 1}, write=True)
+  with pytest.raises(checkpoints.CheckpointError,
+                     match='hyperprompt_super_glue_cb had task id 1 when .* has 9 now'):
+    checkpoints.check_task_ids(model_dir, {'hyperprompt_super_glue_cb': 9})
+  checkpoints.check_task_ids(model_dir, {'hyperprompt_super_glue_cb': 1, 'new_task': 16},
+                             write=True)
+  with open(os.path.join(model_dir, 'task_ids.json'), encoding='utf-8') as f:
+    assert json.load(f) == {'hyperprompt_super_glue_cb': 1, 'new_task': 16}

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import hyperprompt_tasks
 from hyperprompt_jax import gin_utils, param_report
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import CONDITIONING_PARAMS_REGEX, Transformer
@@ -123,12 +124,19 @@ def test_stacking_a_variant_after_the_demo_switches_only_the_variant():
     assert stacked.prompt_length == demo.prompt_length == 8  # sizes untouched
 
 
-@pytest.mark.parametrize('benchmark', ['glue', 'super_glue'])
-def test_benchmark_run_files_pick_their_mixture(benchmark):
-  _parse(['models/small.gin', f'runs/finetune_{benchmark}.gin'])
+@pytest.mark.parametrize('benchmark,rows', [('glue', 8), ('super_glue', 16),
+                                            ('glue_super_glue', 16)])
+@pytest.mark.parametrize('job', ['finetune', 'eval'])
+def test_benchmark_run_files_pick_their_mixture_and_task_table(benchmark, rows, job):
+  """The mixture is hyperprompt_<BENCHMARK> and the model has a row for every task id it
+  emits (SuperGLUE's ids follow GLUE's)."""
+  _parse(['models/small.gin', f'runs/{job}_benchmark.gin'], f"BENCHMARK = '{benchmark}'")
   gin.parse_config(['import tests.test_gin_configs',
                     'tests.test_gin_configs._value.value = %MIXTURE_OR_TASK_NAME'])
-  assert _value() == f'hyperprompt_{benchmark}'
+  mixture = _value()
+  assert mixture == f'hyperprompt_{benchmark}'
+  gin.finalize()
+  assert _built().num_tasks == rows == max(hyperprompt_tasks.task_ids_of(mixture)) + 1
 
 
 def test_a_missing_required_macro_is_named():

@@ -252,7 +252,7 @@ def test_unknown_names_and_unprepared_datasets_fail_fast(tmp_path, monkeypatch):
     hyperprompt_tasks.get_mixture_or_task('hyperprompt_gleu')
   with pytest.raises(ValueError, match='Unknown task'):
     task_table.task_id('glue/sst5')
-  assert task_table.task_id('glue/rte') == 7 and task_table.task_id('hyperprompt_super_glue_wsc') == 7
+  assert task_table.task_id('glue/rte') == 7 and task_table.task_id('hyperprompt_super_glue_wsc') == 15
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
   task = seqio.get_mixture_or_task('hyperprompt_glue_rte')
   start = time.time()
@@ -272,3 +272,43 @@ def test_unreadable_vocabulary_is_one_line_naming_hyperprompt_vocab(tmp_path):
   hyperprompt_tasks.vocab.check_vocabulary(hyperprompt_tasks.vocab.demo_vocabulary())
   from hyperprompt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   input_pipeline.check_sources('hyperprompt_demo')  # the shipped vocabulary: fine
+
+
+def test_glue_and_super_glue_ids_are_disjoint_and_one_model_learns_both():
+  glue, super_glue = set(task_table.GLUE.values()), set(task_table.SUPER_GLUE.values())
+  assert not glue & super_glue and glue | super_glue == set(range(16))
+  mixed = hyperprompt_tasks.task_ids_of(hyperprompt_tasks.benchmark_mixture('glue_super_glue'))
+  assert mixed == list(range(16)) == list(range(task_table.num_tasks('glue_super_glue')))
+  assert task_table.num_tasks('glue') == 8 and task_table.num_tasks('super_glue') == 16
+
+
+def test_another_project_registers_a_task_with_its_own_id():
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  name = 'test_project_reverse'
+  tid = hyperprompt_tasks.next_free_id()
+  assert tid == 16  # after GLUE and SuperGLUE
+
+  def dataset(split, shuffle_files=False, seed=None):
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({'inputs': ['a b c', 'd e'],
+                                               'targets': ['c b a', 'e d']})
+  source = seqio.FunctionDataSource(dataset, splits=['train', 'validation'])
+  hyperprompt_tasks.register_task(name, tid, source=source, metric_fns=[metrics.accuracy])
+  try:
+    ds = seqio.get_mixture_or_task(name).get_dataset(LENGTHS, split='validation', shuffle=False)
+    rows = list(ds.as_numpy_iterator())
+    assert [r['task_ids'].tolist() for r in rows] == [[16], [16]]
+    assert hyperprompt_tasks.task_id(name) == 16 and hyperprompt_tasks.next_free_id() == 17
+    with pytest.raises(ValueError, match='Task id 16 is taken by test_project_reverse: .* 17'):
+      task_table.register_task_id('test_project_other', 16)
+    with pytest.raises(ValueError, match='Task id 3 is taken by hyperprompt_glue_qqp'):
+      task_table.register_task_id('test_project_other', 3)
+    with pytest.raises(ValueError, match='already registered'):
+      hyperprompt_tasks.register_task(name, 17, source=source)
+    # an eval-only companion shares the id of the task it evaluates
+    task_table.register_task_id('test_project_reverse_eval', 16, evaluates=name)
+    assert 'test_project_other' not in task_table.TASK_IDS
+  finally:
+    seqio.TaskRegistry.remove(name)
+    task_table.TASK_IDS.pop(name, None)
+    task_table.TASK_IDS.pop('test_project_reverse_eval', None)
