@@ -1,10 +1,12 @@
-"""The paper's attention analyses: per encoder layer, the attention mass that queries put on
-the hyper-prompts, and the entropy of the attention distributions (He et al. 2022, Sec. 5).
+"""The paper's attention analyses: per encoder and decoder layer, the self-attention mass that
+queries put on the hyper-prompts, and the entropy of the self-attention distributions (He et
+al. 2022, Sec. 5); the decoder's teacher-forced on the targets.
 
     python -m hyperprompt_jax.analysis --gin_file=runs/analysis_demo.gin --gin.MODEL_DIR=/tmp/demo
 
 averages over the first `num_examples` validation examples of each task, all heads and every
-real (non-padding) query. Run it on an 'mtl' run as well to compare entropies with and
+real (non-padding) query (JSON keys prompt_mass_per_layer / entropy_per_layer for the
+encoder, decoder_prompt_mass_per_layer / decoder_entropy_per_layer for the decoder). Run it on an 'mtl' run as well to compare entropies with and
 without hyper-prompts (its prompt mass is 0 by construction). With matplotlib (the `plots`
 extra) it writes MODEL_DIR/analysis/attention_<step>.{json,png} and, for 'global', a plot of
 the learned task embeddings (task_embeddings_<step>.png).
@@ -52,6 +54,25 @@ def encoder_attention_stats(model: Transformer, params, tokens: np.ndarray,
           'count': float(real.sum() * heads)}
 
 
+def decoder_attention_stats(model: Transformer, params, tokens: np.ndarray, targets: np.ndarray,
+                            task_ids: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
+  """encoder_attention_stats for the decoder's self-attention, teacher-forced on `targets`
+  [batch, target_len]: sums over real target positions and heads, per decoder layer."""
+  ids = task_ids if model.config.is_conditioned else None
+  decoder_inputs = np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+  _, state = model.apply({'params': params}, tokens, decoder_inputs, targets,
+                         enable_dropout=False, task_ids=ids, mutable=['intermediates'])
+  layers = state['intermediates']['decoder']
+  real = np.asarray(targets > 0, np.float32)  # [batch, target_len]
+  out = {'prompt_mass': [], 'entropy': []}
+  for i in range(model.config.num_decoder_layers):
+    attn = layers[f'layers_{i}']['self_attention']
+    for name in out:
+      out[name].append(float((np.asarray(attn[name][0]) * real[:, None, :]).sum()))
+  return {'prompt_mass': np.asarray(out['prompt_mass']), 'entropy': np.asarray(out['entropy']),
+          'count': float(real.sum() * model.config.num_heads)}
+
+
 @gin.configurable
 def attention_analysis(*, model_dir: str = gin.REQUIRED,
                        mixture_or_task_name: str = gin.REQUIRED,
@@ -59,10 +80,12 @@ def attention_analysis(*, model_dir: str = gin.REQUIRED,
                        config: HyperPromptConfig = gin.REQUIRED, step: Optional[int] = None,
                        num_examples: int = 100, batch_size: int = 50,
                        split: str = 'validation') -> Dict[str, Sequence[float]]:
-  """Mean prompt attention mass and entropy per encoder layer over the mixture's tasks."""
+  """Mean prompt attention mass and entropy per encoder and decoder layer over the mixture's
+  tasks."""
   model = Transformer(config)
   params, step = checkpoints.restore_params(model, model_dir, step)
-  total = {'prompt_mass': 0.0, 'entropy': 0.0, 'count': 0.0}
+  stacks = {'encoder': encoder_attention_stats, 'decoder': decoder_attention_stats}
+  total = {stack: {'prompt_mass': 0.0, 'entropy': 0.0, 'count': 0.0} for stack in stacks}
   for task in hyperprompt_tasks.tasks_of(mixture_or_task_name):
     if split not in task.splits:
       continue
@@ -71,14 +94,20 @@ def attention_analysis(*, model_dir: str = gin.REQUIRED,
       chunk = examples[start:start + batch_size]
       tokens = evaluation.pad_tokens([ex['inputs'] for ex in chunk],
                                      task_feature_lengths['inputs'])
+      targets = evaluation.pad_tokens([ex['targets'] for ex in chunk],
+                                      task_feature_lengths['targets'])
       ids = np.asarray([int(ex['task_ids'][0]) for ex in chunk], np.int32)
-      stats = encoder_attention_stats(model, params, tokens, ids)
-      for key in total:
-        total[key] = total[key] + stats[key]
-  count = max(total['count'], 1.0)
-  report = {'step': step, 'variant': config.variant,
-            'prompt_mass_per_layer': [float(x) for x in np.atleast_1d(total['prompt_mass'] / count)],
-            'entropy_per_layer': [float(x) for x in np.atleast_1d(total['entropy'] / count)]}
+      for stack, stats in (('encoder', encoder_attention_stats(model, params, tokens, ids)),
+                           ('decoder', decoder_attention_stats(model, params, tokens, targets,
+                                                               ids))):
+        for key in total[stack]:
+          total[stack][key] = total[stack][key] + stats[key]
+  report = {'step': step, 'variant': config.variant}
+  for stack, prefix in (('encoder', ''), ('decoder', 'decoder_')):
+    count = max(total[stack]['count'], 1.0)
+    for key in ('prompt_mass', 'entropy'):
+      report[f'{prefix}{key}_per_layer'] = [
+          float(x) for x in np.atleast_1d(total[stack][key] / count)]
   print(json.dumps(report))
   if jax.process_index() == 0:
     names = {hyperprompt_tasks.TASK_IDS[t.name]: hyperprompt_tasks.short_name(t.name)
@@ -91,7 +120,7 @@ def attention_analysis(*, model_dir: str = gin.REQUIRED,
 def figures(report: Dict, params, out_dir: str,
             task_names: Optional[Dict[int, str]] = None) -> Sequence[str]:
   """PNGs beside the JSON (matplotlib, the `plots` extra): prompt mass and entropy per encoder
-  layer, and for 'global' the learned task embeddings projected on their two principal
+  and decoder layer, and for 'global' the learned task embeddings projected on their two principal
   axes. Returns the files written (none without matplotlib)."""
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel
@@ -104,12 +133,15 @@ def figures(report: Dict, params, out_dir: str,
   files.write_text_atomic(os.path.join(out_dir, f'attention_{report["step"]}.json'),
                           json.dumps(report, indent=1))
   written = []
-  layers = np.arange(len(report['entropy_per_layer']))
-  fig, (mass, entropy) = plt.subplots(1, 2, figsize=(8, 3))
-  mass.bar(layers, report['prompt_mass_per_layer'])
-  mass.set(xlabel='encoder layer', ylabel='attention mass on hyper-prompts', xticks=layers)
-  entropy.plot(layers, report['entropy_per_layer'], marker='o')
-  entropy.set(xlabel='encoder layer', ylabel='attention entropy (nats)', xticks=layers)
+  stacks = [(stack, prefix) for stack, prefix in (('encoder', ''), ('decoder', 'decoder_'))
+            if f'{prefix}entropy_per_layer' in report]
+  fig, axes = plt.subplots(len(stacks), 2, figsize=(8, 3 * len(stacks)), squeeze=False)
+  for (stack, prefix), (mass, entropy) in zip(stacks, axes):
+    layers = np.arange(len(report[f'{prefix}entropy_per_layer']))
+    mass.bar(layers, report[f'{prefix}prompt_mass_per_layer'])
+    mass.set(xlabel=f'{stack} layer', ylabel='attention mass on hyper-prompts', xticks=layers)
+    entropy.plot(layers, report[f'{prefix}entropy_per_layer'], marker='o')
+    entropy.set(xlabel=f'{stack} layer', ylabel='self-attention entropy (nats)', xticks=layers)
   fig.suptitle(f'{report["variant"]}, step {report["step"]}')
   fig.tight_layout()
   written.append(_save(fig, os.path.join(out_dir, f'attention_{report["step"]}.png')))

@@ -27,6 +27,29 @@ def test_prompt_mass_and_entropy_per_layer():
   assert (base['prompt_mass'] == 0).all() and (base['entropy'] > 0).all()
 
 
+def test_decoder_prompt_mass_and_entropy_per_layer():
+  """Decoder self-attention, teacher-forced: a query at target position j sees the l prompts
+  and j + 1 targets, so its entropy is at most log(l + j + 1); without prompts the first
+  position attends to itself only (entropy 0) and no mass goes to prompts."""
+  tokens = random_tokens(0, (3, 9), pad_from=[9, 5, 7])
+  targets = random_tokens(1, (3, 5), pad_from=[5, 3, 4])
+  ids = np.array([0, 1, 2], np.int32)
+  cfg = tiny_config('global')
+  stats = analysis.decoder_attention_stats(Transformer(cfg), init_params(cfg), tokens, targets,
+                                           ids)
+  assert stats['count'] == (5 + 3 + 4) * cfg.num_heads
+  mass, entropy = stats['prompt_mass'] / stats['count'], stats['entropy'] / stats['count']
+  assert mass.shape == (cfg.num_decoder_layers,) and ((mass > 0) & (mass < 1)).all()
+  assert ((entropy > 0) & (entropy <= np.log(cfg.prompt_length + 5))).all()
+  encoder_only = tiny_config('global', decoder_prompts=False)
+  base = analysis.decoder_attention_stats(Transformer(encoder_only), init_params(encoder_only),
+                                          tokens, targets, ids)
+  assert (base['prompt_mass'] == 0).all()
+  one = analysis.decoder_attention_stats(Transformer(encoder_only), init_params(encoder_only),
+                                         tokens, targets[:, :1], ids)
+  np.testing.assert_allclose(one['entropy'], 0.0, atol=1e-4)
+
+
 def test_recording_attention_does_not_change_the_encoding():
   cfg = tiny_config('share')
   params = init_params(cfg)
@@ -45,7 +68,8 @@ def test_figures_are_valid_pngs(tmp_path):
   pytest.importorskip('matplotlib')
   cfg = tiny_config('global', num_tasks=3)
   report = {'step': 5, 'variant': 'global', 'prompt_mass_per_layer': [0.1, 0.2],
-            'entropy_per_layer': [2.0, 2.5]}
+            'entropy_per_layer': [2.0, 2.5], 'decoder_prompt_mass_per_layer': [0.3, 0.1],
+            'decoder_entropy_per_layer': [1.0, 1.5]}
   written = analysis.figures(report, init_params(cfg), str(tmp_path), {0: 'a', 1: 'b', 2: 'c'})
   assert [os.path.basename(p) for p in written] == ['attention_5.png', 'task_embeddings_5.png']
   for path in written:
