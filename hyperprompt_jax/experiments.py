@@ -64,6 +64,11 @@ EXPERIMENTS: Tuple[Experiment, ...] = (
                label='Prompt-Tuning (Lester et al.), all parameters tuned'),
     Experiment('variants', 'adapter', ('variants/adapter.gin',),
                label='Houlsby adapters after attention and FFN'),
+    # Adafactor scales each update by the parameter's RMS (at least 1e-3): adapters that start
+    # at Houlsby's std 1e-3 then barely move. Without the scaling they train.
+    Experiment('variants', 'adapter_unscaled', ('variants/adapter.gin',),
+               ('train.train.adafactor_parameter_scale = False',),
+               label='Houlsby adapters, Adafactor without parameter scaling'),
     Experiment('variants', 'hyperformer', ('variants/hyperformer.gin',), label='HyperFormer++'),
     Experiment('variants', 'share', ('variants/share.gin',), label='HyperPrompt-Share'),
     Experiment('variants', 'sep', ('variants/sep.gin',), label='HyperPrompt-Sep'),
