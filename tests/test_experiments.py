@@ -22,7 +22,8 @@ def test_selection_puts_what_an_experiment_starts_from_first_and_runs_aliases_on
   with pytest.raises(ValueError, match="Unknown experiment 'glob'"):
     experiments.select(names=['glob'])
   # every group of the paper: variants, prompt lengths, placement, tuning
-  assert set(experiments.GROUPS) == {'variants', 'prompt_length', 'placement', 'tuning'}
+  assert set(experiments.GROUPS) == {'variants', 'prompt_length', 'placement', 'optimizer',
+                                     'tuning'}
   lengths = [e for e in experiments.EXPERIMENTS if e.group == 'prompt_length']
   assert [e.label for e in lengths] == [f'global, l = {n}' for n in (4, 8, 16, 32)]
 
