@@ -126,17 +126,20 @@ def final_record(model_dir: str, step: int) -> Optional[Dict]:
   return next((r for r in reversed(records) if r.get('step') == step), None)
 
 
+def stop_step(exp: Experiment, train_steps: int) -> int:
+  """The absolute step a run stops at: train_steps after the step it starts from."""
+  return 2 * train_steps if exp.init_from else train_steps
+
+
 def command(exp: Experiment, output_dir: str, seed: int, train_steps: int,
             extra: Sequence[str] = ()) -> Tuple[List[str], int]:
   """The train command of one run and the step it stops at."""
-  stop = train_steps
+  stop = stop_step(exp, train_steps)
   args = [sys.executable, '-m', 'hyperprompt_jax.train', '--gin_file=runs/demo.gin']
   args += [f'--gin_file={f}' for f in exp.gin_files]
   if exp.init_from:
-    start = train_steps  # the run it starts from stopped there
-    args.append('--gin.INITIAL_CHECKPOINT_PATH=' + os.path.join(
-        run_dir(output_dir, exp.init_from, seed), f'checkpoint_{start}'))
-    stop = start + train_steps
+    args.append('--gin.INITIAL_CHECKPOINT_PATH=' + os.path.join(  # stopped at train_steps
+        run_dir(output_dir, exp.init_from, seed), f'checkpoint_{train_steps}'))
   args += [f'--gin.MODEL_DIR={run_dir(output_dir, exp.name, seed)}', f'--gin.TRAIN_STEPS={stop}']
   bindings = (f'train.train.seed = {seed}', f'train.train.data_seed = {seed}',
               'train.train.log_every_steps = 100', 'train.train.report_every_seconds = 60.0',
@@ -218,7 +221,7 @@ def collect(experiments: Sequence[Experiment], output_dir: str, seeds: Sequence[
   """Every finished run's scores and their summaries; writes results.{json,md,png}."""
   rows = []
   for exp in experiments:
-    stop = 2 * train_steps if exp.init_from else train_steps
+    stop = stop_step(exp, train_steps)
     runs = {}
     for seed in seeds:
       record = final_record(run_dir(output_dir, exp.runs_as, seed), stop)
