@@ -4,9 +4,12 @@ the compiled step (everything the hardware does, one-hot embedding included), bo
 the matmul peak measured in the same run.
 
     python benchmarks/train_throughput.py [--steps 20]
+    python benchmarks/train_throughput.py --setups t5.1.1-small,t5.1.1-base --dtype bfloat16  # GPU
 
-Configs: the demo model (batch 16, 64 input / 8 target tokens), an emb-256 4+4-layer model
-with a 2048 vocabulary (batch 8, 128 / 32) and T5.1.1-Small's shape (batch 8, 128 / 32);
+Configs (--setups): the demo model (batch 16, 64 input / 8 target tokens), an emb-256
+4+4-layer model with a 2048 vocabulary (batch 8, 128 / 32), T5.1.1-Small's shape (batch 8,
+128 / 32) and, for accelerators, T5.1.1-Base's (batch 32, the paper's 512 / 64); --dtype sets
+the activations' dtype and the dtype of the matmul that measures the peak;
 'global' and 'mtl' with the platform's embedding lookup ('auto'), and 'global' with the other
 lookup for comparison. The trainer's own step (loss, gradients, Adafactor update).
 """
@@ -29,13 +32,14 @@ EMB256 = HyperPromptConfig(vocab_size=2048, emb_dim=256, num_heads=4, head_dim=6
                            num_encoder_layers=4, num_decoder_layers=4,
                            mlp_activations=('gelu', 'linear'), dropout_rate=0.0, num_tasks=8)
 SMALL = param_report.size_config('small', dtype='float32', num_tasks=8)
-SETUPS = [('demo', DEMO, 16, 64, 8), ('emb256-4+4', EMB256, 8, 128, 32),
-          ('t5.1.1-small', SMALL, 8, 128, 32)]
+SETUPS = {'demo': (DEMO, 16, 64, 8), 'emb256-4+4': (EMB256, 8, 128, 32),
+          't5.1.1-small': (SMALL, 8, 128, 32),
+          't5.1.1-base': (param_report.size_config('base', num_tasks=8), 32, 512, 64)}
 
 
-def matmul_peak(n=2048, repeats=10):
-  """FLOP/s of a float32 n x n matmul on this device (the best of `repeats`)."""
-  a = jnp.ones((n, n), jnp.float32)
+def matmul_peak(n=2048, repeats=10, dtype='float32'):
+  """FLOP/s of an n x n matmul in `dtype` on this device (the best of `repeats`)."""
+  a = jnp.ones((n, n), dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
   best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
@@ -89,14 +93,25 @@ def step_seconds(compiled, state, batch, steps):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--setups', default='demo,emb256-4+4,t5.1.1-small',
+                      help=f'comma-separated, of {", ".join(SETUPS)}')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   args = parser.parse_args()
-  peak = matmul_peak()
+  names = args.setups.split(',')
+  unknown = [n for n in names if n not in SETUPS]
+  if unknown:
+    parser.error(f'unknown setups {unknown}: choose from {", ".join(SETUPS)}')
+  n = 8192 if jax.default_backend() == 'gpu' else 2048
+  peak = matmul_peak(n, dtype=args.dtype)
   print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}; matmul peak '
-        f'(2048^2 float32, this run): {peak / 1e9:.1f} GFLOP/s; median of {args.steps} steps')
+        f'({n}^2 {args.dtype}, this run): {peak / 1e9:.1f} GFLOP/s; median of {args.steps} '
+        'steps')
   print('| config | variant | embedding | step ms | examples/s | model GFLOP/step | '
         'XLA GFLOP/step | MFU | HFU |')
   print('|---|---|---|---:|---:|---:|---:|---:|---:|')
-  for name, base, batch_size, li, lt in SETUPS:
+  for name in names:
+    base, batch_size, li, lt = SETUPS[name]
+    base = dataclasses.replace(base, dtype=args.dtype)
     default = 'one_hot' if jax.default_backend() == 'tpu' else 'gather'
     other = 'gather' if default == 'one_hot' else 'one_hot'
     for variant, lookup in (('global', default), ('mtl', default), ('global', other)):
