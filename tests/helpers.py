@@ -1,5 +1,7 @@
 """Tiny configs and batches shared by the tests."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,3 +49,32 @@ def init_params(config, seed=0, perturb=True):
 def shift_right(targets):
   """Decoder inputs for unpacked targets: 0 then targets[:-1]."""
   return np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+
+
+def dots_in_and_out_of_loops(hlo_text: str, op_name_part: str):
+  """(inside, outside): how many dot instructions whose source op_name contains
+  `op_name_part` a compiled HLO module runs inside any while loop's body, and outside every
+  loop. XLA keeps an instruction's op_name when it hoists it out of a loop, so the op_name
+  tells where it came from and the enclosing computation where it runs."""
+  comps, current = {}, None
+  for line in hlo_text.split('\n'):
+    if line and not line[0].isspace() and line.rstrip().endswith('{'):
+      current = line.split()[1] if line.startswith('ENTRY') else line.split()[0]
+      comps[current] = []
+    elif current is not None:
+      comps[current].append(line)
+  callee = re.compile(r'(?:calls=|body=|condition=|to_apply=|computations=\{)([%\w.\-]+)')
+
+  def reachable(name, seen):
+    for line in comps.get(name, []):
+      for m in callee.finditer(line):
+        if m.group(1) not in seen:
+          seen.add(m.group(1))
+          reachable(m.group(1), seen)
+    return seen
+  in_loop = set()
+  for m in re.finditer(r'body=([%\w.\-]+)', hlo_text):
+    in_loop |= reachable(m.group(1), {m.group(1)})
+  count = lambda names: sum(1 for n in names for line in comps[n]
+                            if ' dot(' in line and op_name_part in line)
+  return count(in_loop), count(set(comps) - in_loop)

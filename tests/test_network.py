@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from hyperprompt_jax import models
 from hyperprompt_jax.hypernetworks import HyperFormerGenerator, HyperFormerTasks
 from hyperprompt_jax.network import Transformer
 from tests import t5_reference
-from tests.helpers import (ALL_VARIANTS, CONDITIONED, init_params, random_tokens, shift_right,
-                           tiny_config)
+from tests.helpers import (ALL_VARIANTS, CONDITIONED, dots_in_and_out_of_loops, init_params,
+                           random_tokens, shift_right, tiny_config)
 
 B, LI, LT = 3, 9, 6
 
@@ -283,6 +284,22 @@ def test_cached_decoding_equals_teacher_forced_forward(variant):
   # The prompts are not in the key/value cache: it holds exactly the decoded length.
   cached_key = cache['decoder']['layers_0']['self_attention']['cached_key']
   assert cached_key.shape == (B, config.num_heads, config.head_dim, LT)
+
+
+@pytest.mark.parametrize('variant, generator', [('global', 'decode_prompts/hyperprompt/'),
+                                                ('hyperformer', 'decoder_hyperformer/')])
+def test_greedy_decoding_makes_the_decoder_conditioning_once_per_call(variant, generator):
+  """The decoder's hyper-prompts and HyperFormer++'s generated adapters depend only on the
+  parameters: compiled greedy decoding computes them outside the token loop (the prompts
+  with the cache, the adapter weights hoisted by XLA), never once per token."""
+  config = tiny_config(variant)
+  hlo = models._compiled_greedy(config, 5, -1).lower(  # pylint: disable=protected-access
+      init_params(config), random_tokens(0, (B, 6)), np.array([2, 0, 1], np.int32)
+  ).compile().as_text()
+  inside, outside = dots_in_and_out_of_loops(hlo, generator)
+  assert (inside, outside > 0) == (0, True), (inside, outside)
+  # The token loop itself is found: each step's own projections run inside it.
+  assert dots_in_and_out_of_loops(hlo, 'decoder/layers_0/self_attention/query/')[0] >= 1
 
 
 def test_config_rejects_bad_values():
