@@ -234,6 +234,21 @@ def attention_with_prompts(query, key, value, bias, prompt_key=None, prompt_valu
   return (out, probabilities) if return_weights else out
 
 
+def _join_prompts(query, key, value, mask, bias, prompt_key, prompt_value, prompt_mask):
+  """Keys, values, mask and position bias over [prompts ; keys]: prompt columns first,
+  masked by prompt_mask and without position bias, as attention_with_prompts treats them."""
+  batch, q_len, p_len, k_len = query.shape[0], query.shape[1], prompt_key.shape[1], key.shape[1]
+  key = jnp.concatenate([prompt_key.astype(key.dtype), key], axis=1)  # [batch, p+k, h, d]
+  value = jnp.concatenate([prompt_value.astype(value.dtype), value], axis=1)
+  if mask is not None or prompt_mask is not None:
+    ones = lambda n: jnp.ones((batch, 1, q_len, n), jnp.float32)
+    part = lambda m, n: ones(n) if m is None else jnp.broadcast_to(m, (batch, 1, q_len, n))
+    mask = jnp.concatenate([part(prompt_mask, p_len), part(mask, k_len)], axis=-1)
+  if bias is not None:  # [.., heads, q_len, k_len]: zero for the prompt columns
+    bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 1) + [(p_len, 0)])
+  return key, value, mask, bias
+
+
 class MultiHeadDotProductAttention(nn.Module):
   """T5 multi-head attention with an autoregressive cache and optional prompt K/V.
 
@@ -263,6 +278,14 @@ class MultiHeadDotProductAttention(nn.Module):
     if decode:
       query, key, value, mask, bias = self._use_cache(query, key, value, mask, bias)
 
+    p_len = 0 if prompt_key is None else prompt_key.shape[1]
+    if p_len and not decode:
+      # One contraction over [prompts ; keys] costs less than two at training shapes (the
+      # p-column products are too thin to run at matmul speed); decoding keeps two, so that
+      # no step copies the cache.
+      key, value, mask, bias = _join_prompts(query, key, value, mask, bias, prompt_key,
+                                             prompt_value, prompt_mask)
+      prompt_key = prompt_value = prompt_mask = None
     attention_bias = mask_to_bias(mask, self.dtype)
     if bias is not None:
       attention_bias = bias if attention_bias is None else attention_bias + bias
@@ -276,7 +299,6 @@ class MultiHeadDotProductAttention(nn.Module):
         float32_logits=self.float32_logits, return_weights=True)
     if self.is_mutable_collection('intermediates'):  # for analysis.py; free otherwise
       w = weights.astype(jnp.float32)  # [batch, heads, q_len, p_len + k_len]
-      p_len = 0 if prompt_key is None else prompt_key.shape[1]
       self.sow('intermediates', 'prompt_mass', w[..., :p_len].sum(-1))  # [batch, heads, q]
       self.sow('intermediates', 'entropy', -jnp.sum(w * jnp.log(w + 1e-20), axis=-1))
     return DenseGeneral(inputs_q.shape[-1], axis=(-2, -1), kernel_init=kernel_init,
