@@ -95,7 +95,7 @@ def compile_step(run, devices):
                                      run['frozen_regex'])
   step, state_shardings = train.jit_train_step(
       model, optimizer, part, params, param_shardings, seed=run['seed'], z_loss=run['z_loss'],
-      num_microbatches=run['num_microbatches'])
+      num_microbatches=run['num_microbatches'], donate_state=run['donate_state'])
   state = {'step': jax.ShapeDtypeStruct((), np.int32, sharding=part.replicated), 'params': params,
            'opt_state': jax.tree.map(
                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

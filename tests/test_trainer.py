@@ -6,7 +6,7 @@ import optax
 import pytest
 from flax import traverse_util
 
-from hyperprompt_jax import trainer
+from hyperprompt_jax import models, partitioning, train, trainer
 from hyperprompt_jax.network import CONDITIONING_PARAMS_REGEX, Transformer
 from tests.helpers import CONDITIONED, init_params, random_tokens, shift_right, tiny_config
 
@@ -60,3 +60,23 @@ def test_one_step_changes_exactly_the_trainable_parameters(variant, frozen_backb
 def test_a_filter_that_matches_nothing_is_an_error():
   with pytest.raises(ValueError, match='No parameter matches'):
     trainer.make_optimizer(1e-3, init_params(tiny_config('mtl')), trainable_regex='^nothing$')
+
+
+@pytest.mark.parametrize('donate_state, donated', [(None, False), (True, True), (False, False)])
+def test_the_cpu_step_keeps_its_input_state_unless_told(donate_state, donated):
+  """On the CPU, XLA copies every donated parameter each step (7.8% of an emb-256 step), so
+  the trainer donates the state only on accelerators or when train.donate_state says so."""
+  cfg = tiny_config('global')
+  model = Transformer(cfg)
+  params = init_params(cfg)
+  part = partitioning.Partitioner(1, 1, 1, devices=jax.devices()[:1])
+  param_shardings = part.param_shardings(models.init_variables_abstract(model))
+  optimizer = trainer.make_optimizer(1e-3, params)
+  step, shardings = train.jit_train_step(model, optimizer, part, params, param_shardings,
+                                         donate_state=donate_state)
+  state = jax.device_put({'step': np.int32(0), 'params': params,
+                          'opt_state': optimizer.init(params)}, shardings)
+  with part.context():
+    compiled = step.lower(state, part.shard_batch(_batch(), 4)).compile()
+  aliased = compiled.memory_analysis().alias_size_in_bytes
+  assert (aliased > 0) == donated, aliased
