@@ -35,7 +35,7 @@ def make_step(config, batch):
 
   def loss_fn(p):
     logits = model.apply({'params': p}, batch['inputs'], batch['dec_inputs'], batch['targets'],
-                         enable_dropout=False, task_ids=task_ids)
+                         enable_dropout=True, task_ids=task_ids)  # as the trainer (rate 0)
     onehot = jax.nn.one_hot(batch['targets'], config.vocab_size)
     return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), -1))
 

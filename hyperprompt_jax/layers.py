@@ -279,10 +279,11 @@ class MultiHeadDotProductAttention(nn.Module):
       query, key, value, mask, bias = self._use_cache(query, key, value, mask, bias)
 
     p_len = 0 if prompt_key is None else prompt_key.shape[1]
-    if p_len and not decode:
-      # One contraction over [prompts ; keys] costs less than two at training shapes (the
-      # p-column products are too thin to run at matmul speed); decoding keeps two, so that
-      # no step copies the cache.
+    if p_len and not deterministic and not decode:
+      # Training: one contraction over [prompts ; keys] costs less than two (the backward
+      # pass of the thin p-column products runs far below matmul speed). Forward-only calls
+      # (evaluation, scoring, decoding) keep two: there the copies cost more, and no decoding
+      # step copies the cache.
       key, value, mask, bias = _join_prompts(query, key, value, mask, bias, prompt_key,
                                              prompt_value, prompt_mask)
       prompt_key = prompt_value = prompt_mask = None

@@ -204,7 +204,10 @@ def _pack(examples):
 
 
 @pytest.mark.parametrize('variant', ['share', 'sep', 'global', 'adapter', 'hyperformer'])
-def test_packed_rows_equal_unpacked_examples(variant):
+@pytest.mark.parametrize('training', [False, True])
+def test_packed_rows_equal_unpacked_examples(variant, training):
+  """training=True (dropout rate 0): the packed rows take the training path, where prompts
+  join the keys and values, and still equal forward-only calls on single examples."""
   config = tiny_config(variant)
   params = init_params(config)
   rng = np.random.RandomState(3)
@@ -222,7 +225,7 @@ def test_packed_rows_equal_unpacked_examples(variant):
   model = Transformer(config)
   packed = jax.jit(lambda p: model.apply(
       {'params': p}, enc, dec_in, tgt, enc_seg, dec_seg, enc_pos, dec_pos,
-      enable_dropout=False, task_ids=task_ids))(params)
+      enable_dropout=training, task_ids=task_ids))(params)
   for r, row in enumerate(rows):
     offset = 0
     for inp, tar, task in row:
