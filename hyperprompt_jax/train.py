@@ -136,8 +136,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   the old tasks' rows unchanged. adafactor_parameter_scale / weight_decay_rate: Adafactor's
   update scaling by each parameter's RMS (T5's default, on) and decoupled weight decay
   (default none). donate_state: the step reuses the state's buffers (default: on
-  accelerators, not on the CPU; see jit_train_step). use_cached_tasks: read seqio's cached tasks (made by seqio's cache_tasks_main
-  into one of `seqio_cache_dirs`; see README).
+  accelerators, not on the CPU; see jit_train_step). use_cached_tasks: read seqio's cached
+  tasks (made by seqio's cache_tasks_main into one of `seqio_cache_dirs`; see README).
   """
   if seqio_cache_dirs:
     seqio.add_global_cache_dirs(list(seqio_cache_dirs))
