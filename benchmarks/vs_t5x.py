@@ -6,8 +6,8 @@ the first logging period (compilation, warm-up) of each.
     python benchmarks/vs_t5x.py --t5x_root=<t5x source folder> [--python=<python with t5x>]
 
 Default shapes: T5.1.1-Small's dimensions ('global', float32 on the CPU, dropout off), the
-offline demo mixture (HYPERPROMPT_VOCAB=demo; 5 tasks), batch 8, 128 input / 32 target tokens,
-packed, 60 steps logged every 20. Neither run evaluates or checkpoints before its end. t5x is
+offline demo mixture (HYPERPROMPT_VOCAB=demo; num_tasks from the mixture's task ids),
+batch 8, 128 input / 32 target tokens, packed, 60 steps logged every 20. Neither run evaluates or checkpoints before its end. t5x is
 not on PyPI (see README "With t5x"); --python names an interpreter where `import t5x` works.
 """
 
@@ -26,10 +26,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def common_bindings(args):
+  import hyperprompt_tasks  # pylint: disable=import-outside-toplevel
+  num_tasks = max(hyperprompt_tasks.task_ids_of(args.mixture)) + 1  # the mixture's own table
   return [f'MIXTURE_OR_TASK_NAME = "{args.mixture}"',
           f"TASK_FEATURE_LENGTHS = {{'inputs': {args.inputs}, 'targets': {args.targets}}}",
           f'TRAIN_STEPS = {args.steps}', f'BATCH_SIZE = {args.batch}',
-          'INITIAL_CHECKPOINT_PATH = None', 'network.HyperPromptConfig.num_tasks = 5',
+          'INITIAL_CHECKPOINT_PATH = None', f'network.HyperPromptConfig.num_tasks = {num_tasks}',
           'network.HyperPromptConfig.dtype = "float32"',
           'network.HyperPromptConfig.dropout_rate = 0.0']
 
@@ -50,7 +52,8 @@ def t5x_command(args, model_dir):
   bindings = common_bindings(args) + [
       f'MODEL_DIR = "{model_dir}"', 'DROPOUT_RATE = 0.0', 'USE_CACHED_TASKS = False',
       f'train.stats_period = {args.log_every}', 'train.train_eval_dataset_cfg = None',
-      'train.infer_eval_dataset_cfg = None', f'utils.SaveCheckpointConfig.period = {10 * args.steps}',
+      'train.infer_eval_dataset_cfg = None',
+      f'utils.SaveCheckpointConfig.period = {10 * args.steps}',
       'utils.RestoreCheckpointConfig.path = []', 'partitioning.PjitPartitioner.num_partitions = 1']
   return [args.python, '-m', 't5x.train', *flags, *[f'--gin_bindings={b}' for b in bindings]]
 
