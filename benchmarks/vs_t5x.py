@@ -7,8 +7,9 @@ the first logging period (compilation, warm-up) of each.
 
 Default shapes: T5.1.1-Small's dimensions ('global', float32 on the CPU, dropout off), the
 offline demo mixture (HYPERPROMPT_VOCAB=demo; num_tasks from the mixture's task ids),
-batch 8, 128 input / 32 target tokens, packed, 60 steps logged every 20. Neither run evaluates or checkpoints before its end. t5x is
-not on PyPI (see README "With t5x"); --python names an interpreter where `import t5x` works.
+batch 8, 128 input / 32 target tokens, packed, 60 steps logged every 20. Neither run
+evaluates or checkpoints before its end. t5x is not on PyPI (see README "With t5x");
+--python names an interpreter where `import t5x` works.
 """
 
 import argparse
