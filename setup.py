@@ -14,7 +14,7 @@ INSTALL_REQUIRES = [
     'tensorflow-text>=2.21.1,<3',
     'tensorflow-datasets>=4.9.10,<5',
     'clu>=0.0.12,<0.1',
-    'sentencepiece>=0.2.3,<0.3',
+    'sentencepiece>=0.2.1,<0.3',
     'tensorboard>=2.21.0,<3',
     'importlib_resources>=7.1.0,<8',
     'numpy>=2.4.6,<3',
@@ -42,6 +42,9 @@ setup(
         'plots': PLOTS_REQUIRES,
         # The tests cover the Hugging Face conversion too (torch's CPU build, ~1 minute); the
         # deviceless TPU compile test runs where the tpu extra is installed (CI: .[test,tpu]).
-        'test': ['pytest>=9.2.0,<10'] + HF_REQUIRES + PLOTS_REQUIRES,
+        # apache-beam runs seqio's cache_tasks_main (README "Caching tasks"); it needs
+        # protobuf < 7, hence sentencepiece 0.2.2 in constraints.txt (0.2.3 needs protobuf 7).
+        'test': ['pytest>=9.2.0,<10', 'apache-beam[tfrecord]>=2.77.0,<3'] + HF_REQUIRES
+                + PLOTS_REQUIRES,
     },
 )

@@ -2,7 +2,11 @@
 
     python -m hyperprompt_tasks.build_vocab [--output PREFIX]
 
-Deterministic (one thread, no sampling): rebuilding gives the committed pieces.
+Deterministic (one thread, no sampling): rebuilding with the sentencepiece that trained the
+committed vocabulary (TRAINED_WITH) gives the committed pieces. Other sentencepiece versions
+train other pieces (0.2.2, which the test extra pins for apache-beam's protobuf < 7, differs
+from 0.2.3), so the script refuses to overwrite the committed files with them; encoding with
+the committed model is the same under every version.
 """
 
 import argparse
@@ -11,6 +15,7 @@ import os
 import sentencepiece as spm
 
 VOCAB_SIZE = 128
+TRAINED_WITH = '0.2.3'  # the sentencepiece version that trained tasks/vocab/demo.model
 
 
 def corpus():
@@ -36,6 +41,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--output', default=here, help='model prefix (writes PREFIX.model/.vocab)')
   args = parser.parse_args()
+  if os.path.abspath(args.output) == here and spm.__version__ != TRAINED_WITH:
+    raise SystemExit(f'error: sentencepiece {spm.__version__} trains other pieces than '
+                     f'{TRAINED_WITH}, which trained the committed demo vocabulary: pass '
+                     f'--output elsewhere, or run with sentencepiece=={TRAINED_WITH}.')
   os.makedirs(os.path.dirname(args.output), exist_ok=True)
   print(build(args.output))
 

@@ -129,9 +129,7 @@ def register_all():
         name,
         source=seqio.FunctionDataSource(_dataset_fn(task), splits=list(SPLIT_SIZES),
                                         num_input_examples=dict(SPLIT_SIZES)),
-        preprocessors=[_strip, text_to_text.add_task_id(tid), seqio.preprocessors.tokenize,
-                       seqio.CacheDatasetPlaceholder(),
-                       seqio.preprocessors.append_eos_after_trim],
+        preprocessors=[_strip] + text_to_text.tail_preprocessors(tid),
         postprocess_fn=post or _decode_text,
         metric_fns=metric_fns,
         output_features=features)

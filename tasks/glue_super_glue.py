@@ -2,10 +2,13 @@
 
 Tasks: hyperprompt_glue_<task> for cola, sst2, mrpc, qqp, stsb, mnli (validation = matched),
 mnli_mismatched (eval only), qnli, rte; hyperprompt_super_glue_<task> for boolq, cb, copa,
-multirc, record, rte, wic, wsc (eval) and wsc_train (train only, positives as in T5).
-Mixtures: hyperprompt_glue, hyperprompt_super_glue, hyperprompt_glue_super_glue (both: task
-ids are disjoint) (proportional to real train sizes, capped at 2**19 examples), and
-*_temperature (rates ** (1/2)); `register_mixture` makes others.
+multirc, record, rte, wic, wsc (eval) and wsc_train (train only, positives as in T5), and
+hyperprompt_super_glue_dpr (train only: Definite Pronoun Resolution cast as WSC, WSC's task
+id, as T5 trains WSC). Mixtures: hyperprompt_glue, hyperprompt_super_glue,
+hyperprompt_glue_super_glue (both: task ids are disjoint), proportional to T5's rates
+(glue_v002_proportional, super_glue_v102_proportional: train sizes, ReCoRD counted per
+answer, DPR included) capped at 2**19 examples; *_temperature (rates ** (1/2)); *_no_dpr
+(without DPR, for when its TFDS data is not prepared); `register_mixture` makes others.
 """
 
 from typing import Optional
@@ -20,14 +23,20 @@ from hyperprompt_tasks.vocab import output_features, task_vocabulary
 GLUE_VERSION, SUPER_GLUE_VERSION = '2.0.0', '1.0.2'
 DEFAULT_CAP = 2 ** 19
 
-# Real train split sizes (TFDS glue 2.0.0 / super_glue 1.0.2): mock and unprepared datasets
-# report none, so mixing rates come from here.
+# Training examples per task, as T5 weighs its proportional mixtures (mock and unprepared
+# datasets report no sizes, so the rates come from here): the train splits' sizes, except
+# ReCoRD, counted as T5 trains it (one example per answer: 138,854 rows of 100,730
+# queries), QQP (T5's 363,849; TFDS has 363,846) and WSC (its 259 positive examples).
+# 'dpr': Definite Pronoun Resolution's 1,322 train sentences, trained under WSC's id.
 TRAIN_SIZES = {
-    'glue': {'cola': 8551, 'sst2': 67349, 'mrpc': 3668, 'qqp': 363846, 'stsb': 5749,
+    'glue': {'cola': 8551, 'sst2': 67349, 'mrpc': 3668, 'qqp': 363849, 'stsb': 5749,
              'mnli': 392702, 'qnli': 104743, 'rte': 2490},
-    'super_glue': {'boolq': 9427, 'cb': 250, 'copa': 400, 'multirc': 27243, 'record': 100730,
-                   'rte': 2490, 'wic': 5428, 'wsc': 259},  # wsc: its positive examples
+    'super_glue': {'boolq': 9427, 'cb': 250, 'copa': 400, 'multirc': 27243, 'record': 138854,
+                   'rte': 2490, 'wic': 5428, 'wsc': 259, 'dpr': 1322},
 }
+DPR_VERSION = '1.1.0'
+# Train-only tasks that share the id of the task they train (task table name -> trained task).
+TRAINS_AS = {'dpr': 'wsc'}
 
 
 def _is_tfds_mocked() -> bool:
@@ -67,12 +76,7 @@ def _register(benchmark, short, tfds_name, preprocessors, postprocess_fn, metric
       source=PreparedTfdsSource(tfds_name=tfds_name,
                                 splits=splits or {'train': 'train', 'validation': 'validation',
                                                   'test': 'test'}),
-      preprocessors=list(preprocessors) + [
-          text_to_text.add_task_id(tid),
-          seqio.preprocessors.tokenize,
-          seqio.CacheDatasetPlaceholder(),
-          seqio.preprocessors.append_eos_after_trim,
-      ],
+      preprocessors=list(preprocessors) + text_to_text.tail_preprocessors(tid),
       postprocess_fn=postprocess_fn,
       metric_fns=metric_fns,
       output_features=output_features(task_vocabulary(), task_table.num_tasks(benchmark)))
@@ -133,8 +137,11 @@ def _register_super_glue():
   _register('super_glue', 'wsc', sg('wsc.fixed'), [text_to_text.wsc], metrics.wsc,
             [metrics.accuracy], splits={'validation': 'validation', 'test': 'test'})
   _register('super_glue', 'wsc_train', sg('wsc.fixed'),
-            [text_to_text.wsc, text_to_text.keep_positive], metrics.wsc, [],
+            [text_to_text.keep_positive, text_to_text.wsc], metrics.wsc, [],
             splits={'train': 'train'}, task_short='wsc')
+  _register('super_glue', 'dpr', f'definite_pronoun_resolution:{DPR_VERSION}',
+            [text_to_text.dpr], None, [], splits={'train': 'train'},
+            task_short=TRAINS_AS['dpr'])
 
 
 def mixture_rates(benchmark: str, cap: Optional[int] = DEFAULT_CAP, temperature: float = 1.0):
@@ -145,14 +152,17 @@ def mixture_rates(benchmark: str, cap: Optional[int] = DEFAULT_CAP, temperature:
 
 
 def register_mixture(name: str, benchmark: str, cap: Optional[int] = DEFAULT_CAP,
-                     temperature: float = 1.0):
+                     temperature: float = 1.0, dpr: bool = True):
   """Registers a mixture of a benchmark's tasks ('glue_super_glue': both benchmarks' tasks,
   disjoint ids, one model); eval-only companions are included with the rate of the task
-  they evaluate (seqio skips them when sampling the train split)."""
+  they evaluate (seqio skips them when sampling the train split). dpr=False leaves
+  Definite Pronoun Resolution out of SuperGLUE (T5 trains WSC with it)."""
   benchmarks = ('glue', 'super_glue') if benchmark == 'glue_super_glue' else (benchmark,)
   entries = []
   for one in benchmarks:
     for short, rate in mixture_rates(one, cap, temperature).items():
+      if short == 'dpr' and not dpr:
+        continue
       train_name = 'wsc_train' if short == 'wsc' else short
       entries.append((task_table.task_name(one, train_name), rate))
       companion = {'mnli': 'mnli_mismatched', 'wsc': 'wsc'}.get(short)
@@ -167,3 +177,5 @@ def register_all():
   for benchmark in task_table.BENCHMARKS:
     register_mixture(f'hyperprompt_{benchmark}', benchmark)
     register_mixture(f'hyperprompt_{benchmark}_temperature', benchmark, temperature=2.0)
+    if benchmark != 'glue':
+      register_mixture(f'hyperprompt_{benchmark}_no_dpr', benchmark, dpr=False)

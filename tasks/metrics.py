@@ -23,11 +23,12 @@ def _text(x) -> str:
 # ---- postprocessors: fn(output, example=None, is_target=False) --------------------------------
 
 def label_to_id(label_names: Sequence[str]):
-  """Maps a label name to its class index; anything else to -1 (counted as wrong)."""
+  """Maps a label name to its class index; anything else to -1 (counted as wrong). The
+  lookup is exact, as T5's string_label_to_class_id: ' positive' is no label."""
   lookup = {name: i for i, name in enumerate(label_names)}
 
   def fn(output, example=None, is_target=False):
-    return lookup.get(_text(output).strip(), -1)
+    return lookup.get(_text(output), -1)
   return fn
 
 
@@ -44,7 +45,7 @@ def multirc(output, example=None, is_target=False):
   if is_target:
     value = int(example['label'])
   else:
-    value = {'True': 1, 'False': 0}.get(_text(output).strip(), -1)
+    value = {'True': 1, 'False': 0}.get(_text(output), -1)  # exact, as T5
   return {'group': int(example['group']), 'value': value}
 
 
@@ -54,19 +55,33 @@ def record(output, example=None, is_target=False):
   return _text(output)
 
 
-def _wsc_words(text):
-  text = re.sub(r'[^\w\s]', '', text.lower())
-  return [w for w in text.split() if w not in ('a', 'an', 'the', 'that', 'this', 'these',
-                                                'those', 'his', 'her', 'their')]
+# Words T5's WSC scoring ignores when it compares a predicted referent with span1's text.
+WSC_IGNORED_WORDS = frozenset(
+    'a an each every few her his many much my our some that the their these this those which '
+    'whose your'.split())
+
+
+def _wsc_words(text: str) -> str:
+  """Lower-cased, stripped, split on single spaces, ignored words dropped, joined again."""
+  return ' '.join(w for w in text.strip().lower().split(' ') if w not in WSC_IGNORED_WORDS)
 
 
 def wsc(output, example=None, is_target=False):
-  """Target: the label; prediction: whether the predicted referent names span1 (word subset
-  either way, ignoring articles and possessives)."""
+  """T5's wsc_simple scoring. Target: the label (is span1 the pronoun's referent?).
+  Prediction: -1 when nothing but ignored words was predicted (always wrong); 0 when one of
+  the prediction and span1 has an apostrophe and the other not ('Bob' vs "Bob's hat");
+  else whether the word set of one contains the other's. Punctuation counts: 'Tom.' is no
+  match for 'Tom'."""
   if is_target:
     return int(example['label'])
-  predicted, referent = set(_wsc_words(_text(output))), set(_wsc_words(_text(example['targets_pretokenized'])))
-  return int(bool(predicted) and (predicted <= referent or referent <= predicted))
+  predicted = _wsc_words(_text(output))
+  if not predicted:
+    return -1
+  referent = _wsc_words(_text(example['targets_pretokenized']))
+  if ("'" in predicted) != ("'" in referent):
+    return 0
+  p, r = set(predicted.split(' ')), set(referent.split(' '))
+  return int(p <= r or r <= p)
 
 
 # ---- metrics: fn(targets, predictions) -> {name: value} -------------------------------------

@@ -34,8 +34,6 @@ def register_task(name: str, task_id: int, *, source: seqio.DataSource,
   task_table.register_task_id(name, task_id, evaluates)
   return seqio.TaskRegistry.add(
       name, source=source,
-      preprocessors=list(preprocessors) + [
-          text_to_text.add_task_id(task_id), seqio.preprocessors.tokenize,
-          seqio.CacheDatasetPlaceholder(), seqio.preprocessors.append_eos_after_trim],
+      preprocessors=list(preprocessors) + text_to_text.tail_preprocessors(task_id),
       postprocess_fn=postprocess_fn, metric_fns=list(metric_fns),
       output_features=output_features(vocabulary or task_vocabulary(), task_id + 1))

@@ -93,16 +93,83 @@ def test_wsc_train_keeps_only_positive_examples():
   assert rows and all(ex['label'] == 1 for ex in rows)
 
 
-def test_wsc_marks_the_pronoun():
+def _preprocess(fn, **features):
   import tensorflow as tf
-  ex = {'text': tf.constant('Mark told Pete many lies about himself , which Pete included in his book .'),
-        'span1_index': tf.constant(0), 'span2_index': tf.constant(12),
-        'span1_text': tf.constant('Mark'), 'span2_text': tf.constant('his'),
-        'label': tf.constant(1), 'idx': tf.constant(0)}
-  out = next(iter(hyperprompt_tasks.text_to_text.wsc(tf.data.Dataset.from_tensors(ex))))
-  assert out['inputs'].numpy().decode() == (
-      'wsc: Mark told Pete many lies about himself , which Pete included in *his* book .')
-  assert out['targets'].numpy().decode() == 'Mark'
+  ex = {k: ({kk: tf.constant(vv) for kk, vv in v.items()} if isinstance(v, dict)
+            else tf.constant(v)) for k, v in features.items()}
+  out = next(iter(fn(tf.data.Dataset.from_tensors(ex))))
+  return {k: v.numpy() for k, v in out.items()}
+
+
+def _wsc(text, pronoun, index, referent='Mark'):
+  out = _preprocess(hyperprompt_tasks.text_to_text.wsc, text=text, span1_index=0,
+                    span1_text=referent, span2_index=index, span2_text=pronoun, label=1, idx=0)
+  assert out['targets'].decode() == referent
+  return out['inputs'].decode()
+
+
+def test_wsc_marks_the_pronoun_as_t5_does():
+  """T5's wsc_simple inputs, written out by hand from T5's rule (the pronoun's word becomes
+  'X', every ' X ' then ' *pronoun* '), including the two texts T5 corrects."""
+  assert _wsc('Mark told Pete many lies about himself , which Pete included in his book .',
+              'his', 12) == ('wsc: Mark told Pete many lies about himself , which Pete included '
+                             'in *his* book .')
+  # TFDS: 'him,"' is one word (span2_index 23) and the text ends in a space.
+  pony = ('The boy continued to whip the pony , and eventually the pony threw him over. John '
+          'laughed out quite loud. "Good for him," he said. ')
+  assert _wsc(pony, 'him', 23) == (
+      'wsc: The boy continued to whip the pony , and eventually the pony threw him over. John '
+      'laughed out quite loud. "Good for *him* ," he said.')
+  # TFDS: span2_index points at 'use', not at 'it'.
+  pebble = ('When they had eventually calmed down a bit , and had gotten home, Mr. Farley put '
+            'the magic pebble in an iron safe . Some day they might want to use it , but '
+            'really for now, what more could they wish for?')
+  assert _wsc(pebble, 'it', pebble.split(' ').index('use')) == 'wsc: ' + pebble.replace(
+      'use it ,', 'use *it* ,')
+
+
+def test_multirc_inputs_drop_html_markup_as_t5_does():
+  out = _preprocess(hyperprompt_tasks.text_to_text.multirc, question='Who won?', answer='Bob',
+                    paragraph='<b>Sent 1: </b>Bob ran.<br><b>Sent 2: </b>He won.<br>', label=1,
+                    idx={'paragraph': 2, 'question': 5, 'answer': 9})
+  assert out['inputs'].decode() == (
+      'multirc question: Who won? answer: Bob paragraph: Sent 1: Bob ran. Sent 2: He won. ')
+  assert out['targets'].decode() == 'True'
+
+
+def test_dpr_is_cast_as_wsc():
+  out = _preprocess(hyperprompt_tasks.text_to_text.dpr,
+                    sentence='He said he would lend Tom his car, as he had two.', pronoun='he',
+                    candidates=['Bob', 'Tom'], label=0)
+  # The first ' he' followed by a space, '.' or ',' (not the sentence's first word).
+  assert out['inputs'].decode() == 'wsc: He said *he* would lend Tom his car, as he had two.'
+  assert out['targets'].decode() == 'Bob'
+
+
+@pytest.mark.parametrize('prediction,referent,label,expected', [
+    ('city councilmen', 'the city councilmen', 1, 1),
+    ('the demonstrators', 'city councilmen', 0, 0),
+    ('', 'Tom', 0, -1),            # nothing predicted: wrong on any label
+    ('the', 'Tom', 0, -1),         # only ignored words
+    ('Tom.', 'Tom', 1, 0),         # punctuation counts
+    ('hat', "Bob's hat", 1, 0),    # one side has an apostrophe
+    ("bob's hat", "Bob's hat", 1, 1),
+    ('fuzzy bunny', 'bunny', 1, 1),
+    ('few apples', 'those apples', 1, 1),
+    (' Tom ', 'Tom', 1, 1),
+])
+def test_wsc_is_scored_as_t5_scores_it(prediction, referent, label, expected):
+  example = {'targets_pretokenized': referent.encode(), 'label': label}
+  assert metrics.wsc(prediction, example) == expected
+  assert metrics.wsc(prediction, example, is_target=True) == label
+
+
+def test_labels_are_looked_up_exactly_as_t5_does():
+  """A label with surrounding whitespace is no label (T5's string_label_to_class_id)."""
+  assert metrics.label_to_id(['unacceptable', 'acceptable'])(' unacceptable') == -1
+  assert metrics.label_to_id(['unacceptable', 'acceptable'])('acceptable') == 1
+  assert metrics.multirc(' True', {'group': 1, 'label': 1})['value'] == -1
+  assert metrics.multirc('True', {'group': 1, 'label': 1})['value'] == 1
 
 
 def test_metrics_on_hand_made_predictions():
@@ -127,8 +194,6 @@ def test_metrics_on_hand_made_predictions():
   r = metrics.record_f1_em(rec_t, ['obama', 'ignored duplicate', 'White House press'])
   assert r['em'] == pytest.approx(50.0)
   assert r['f1'] == pytest.approx(100 * (1.0 + 0.8) / 2)  # 'white house' vs 'white house press'
-  assert metrics.wsc('the city councilmen', {'targets_pretokenized': b'city councilmen'}) == 1
-  assert metrics.wsc('the demonstrators', {'targets_pretokenized': b'city councilmen'}) == 0
 
 
 def test_invalid_predictions_count_as_t5_counts_them():
@@ -175,10 +240,15 @@ def test_mixtures_sample_every_task_at_the_documented_rate(benchmark):
                              seed=1, use_cached=False, num_epochs=None)
     counts = collections.Counter(int(ex['task_ids'][0]) for ex in ds.take(n).as_numpy_iterator())
   table = task_table.TABLES[benchmark]
-  for short, rate in rates.items():
-    p = rate / total
-    observed = counts[table[short]] / n
-    assert abs(observed - p) < 4.5 * np.sqrt(p * (1 - p) / n) + 1e-3, (short, observed, p)
+  by_id = collections.Counter()
+  for short, rate in rates.items():  # DPR trains under WSC's id
+    by_id[table[glue_super_glue.TRAINS_AS.get(short, short)]] += rate / total
+  for tid, p in by_id.items():
+    observed = counts[tid] / n
+    assert abs(observed - p) < 4.5 * np.sqrt(p * (1 - p) / n) + 1e-3, (tid, observed, p)
+  if benchmark == 'super_glue':  # T5's super_glue_v102_proportional: ReCoRD per answer
+    assert by_id[table['record']] == pytest.approx(138854 / 185673)
+    assert rates['dpr'] == 1322
   temp = glue_super_glue.mixture_rates(benchmark, temperature=2.0)
   assert temp['rte'] == pytest.approx(np.sqrt(2490))
   capped = glue_super_glue.mixture_rates('glue', cap=1000)
@@ -239,12 +309,32 @@ def test_demo_mixture_builds_offline_in_seconds():
 
 
 def test_vocab_script_rebuilds_the_committed_vocabulary(tmp_path):
-  prefix = str(tmp_path / 'rebuilt')
-  subprocess.run([sys.executable, '-m', 'hyperprompt_tasks.build_vocab', '--output', prefix],
-                 check=True, capture_output=True)
+  """The build is deterministic; with the sentencepiece that trained the committed files it
+  gives their pieces; it never overwrites them with another version's; and the committed
+  model encodes the demo's text into the same pieces under any version."""
+  from hyperprompt_tasks import build_vocab
   pieces = lambda path: [spm.SentencePieceProcessor(model_file=path).id_to_piece(i)
                          for i in range(spm.SentencePieceProcessor(model_file=path).get_piece_size())]
-  assert pieces(prefix + '.model') == pieces(hyperprompt_tasks.vocab.DEMO_VOCAB_PATH)
+  built = []
+  for name in ('a', 'b'):
+    prefix = str(tmp_path / name)
+    subprocess.run([sys.executable, '-m', 'hyperprompt_tasks.build_vocab', '--output', prefix],
+                   check=True, capture_output=True)
+    built.append(pieces(prefix + '.model'))
+  assert built[0] == built[1] and len(built[0]) == build_vocab.VOCAB_SIZE
+  if spm.__version__ == build_vocab.TRAINED_WITH:
+    assert built[0] == pieces(hyperprompt_tasks.vocab.DEMO_VOCAB_PATH)
+  else:
+    before = open(hyperprompt_tasks.vocab.DEMO_VOCAB_PATH, 'rb').read()
+    proc = subprocess.run([sys.executable, '-m', 'hyperprompt_tasks.build_vocab'],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and 'pass --output elsewhere' in proc.stderr
+    assert open(hyperprompt_tasks.vocab.DEMO_VOCAB_PATH, 'rb').read() == before
+  model = spm.SentencePieceProcessor(model_file=hyperprompt_tasks.vocab.DEMO_VOCAB_PATH)
+  assert model.encode('review: the cafe zorbo in lima : the price was great .', out_type=str) == [
+      '\u2581re', 'vi', 'e', 'w', ':', '\u2581t', 'h', 'e', '\u2581ca', 'f', 'e', '\u2581zorbo',
+      '\u2581', 'in', '\u2581', 'li', 'ma', '\u2581', ':', '\u2581t', 'h', 'e', '\u2581p', 'ri',
+      'ce', '\u2581w', 'as', '\u2581g', 'r', 'e', 'a', 't', '\u2581.']
 
 
 def test_unknown_names_and_unprepared_datasets_fail_fast(tmp_path, monkeypatch):
