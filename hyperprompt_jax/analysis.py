@@ -110,7 +110,7 @@ def attention_analysis(*, model_dir: str = gin.REQUIRED,
           float(x) for x in np.atleast_1d(total[stack][key] / count)]
   print(json.dumps(report))
   if jax.process_index() == 0:
-    names = {hyperprompt_tasks.TASK_IDS[t.name]: hyperprompt_tasks.short_name(t.name)
+    names = {hyperprompt_tasks.TASK_IDS[t.name]: hyperprompt_tasks.task_key(t.name)
              for t in hyperprompt_tasks.tasks_of(mixture_or_task_name)
              if t.name in hyperprompt_tasks.TASK_IDS}
     figures(report, params, os.path.join(model_dir, 'analysis'), names)

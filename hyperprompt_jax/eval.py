@@ -15,7 +15,7 @@ from typing import Dict, Optional
 import gin
 
 import hyperprompt_tasks
-from hyperprompt_jax import checkpoints, evaluation, gin_utils
+from hyperprompt_jax import checkpoints, evaluation, gin_utils, models
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
@@ -30,6 +30,8 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
              max_examples: Optional[int] = None, all_steps: bool = False) -> Dict:
   """Evaluates the latest (or given, or with all_steps every) saved step."""
   checkpoints.check_task_ids(model_dir, hyperprompt_tasks.task_id_map(mixture_or_task_name))
+  models.check_num_tasks(config, hyperprompt_tasks.task_ids_of(mixture_or_task_name),
+                         mixture_or_task_name, trained=True)
   model = Transformer(config)
   output = evaluation.EvalOutput(output_dir or os.path.join(model_dir, 'inference_eval'),
                                  model_dir)
@@ -41,7 +43,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
     results, predictions = evaluation.evaluate(model, params, mixture_or_task_name,
                                                task_feature_lengths, batch_size, split=split,
                                                max_examples=max_examples)
-    record, _ = output.write(s, results, predictions)
+    record, _ = output.write(s, results, predictions, split)
     log.info('%s', evaluation.format_table(s, results))
     print(json.dumps(record))
     records[s] = record

@@ -154,7 +154,7 @@ def task_scores(record: Dict) -> Dict[str, float]:
   from hyperprompt_jax import evaluation  # pylint: disable=import-outside-toplevel
   from hyperprompt_tasks import metrics  # pylint: disable=import-outside-toplevel
   results = evaluation.results_of_record(record)
-  out = {hyperprompt_tasks.short_name(t): float(metrics.task_score(s)) for t, s in results.items()}
+  out = {hyperprompt_tasks.task_key(t): float(metrics.task_score(s)) for t, s in results.items()}
   out[SCORE] = float(record['eval/average'])
   return out
 

@@ -15,7 +15,7 @@ import gin
 import seqio
 from tensorflow.io import gfile
 
-from hyperprompt_jax import checkpoints, evaluation, gin_utils
+from hyperprompt_jax import checkpoints, evaluation, gin_utils, models
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 from hyperprompt_tasks import task_table
@@ -35,6 +35,7 @@ def infer(*, model_dir: str = gin.REQUIRED, input_file: str = gin.REQUIRED,
     if 'task' not in row or 'inputs' not in row:
       raise ValueError(f'{input_file} line {i + 1} needs "task" and "inputs" keys.')
   task_ids = [task_table.task_id(r['task']) for r in rows]
+  models.check_num_tasks(config, task_ids, input_file, trained=True)
   checkpoints.check_task_ids(model_dir, {_seqio_name(r['task']): tid
                                          for r, tid in zip(rows, task_ids)})
   model = Transformer(config)

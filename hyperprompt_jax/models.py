@@ -56,12 +56,21 @@ def redraw_vocab_prompts(params, seed: int, first_row: int = 0):
   return {**params, 'input_prompts': {**params['input_prompts'], 'prompts': drawn}}
 
 
-def check_num_tasks(config: HyperPromptConfig, task_ids: Sequence[int]) -> None:
-  """The model's task table must hold every task id the data emits."""
-  if config.is_conditioned and task_ids and max(task_ids) >= config.num_tasks:
-    raise ValueError(f'The mixture uses task ids up to {max(task_ids)} but the model has '
-                     f'num_tasks={config.num_tasks}: set network.HyperPromptConfig.num_tasks '
-                     f'to at least {max(task_ids) + 1}.')
+def check_num_tasks(config: HyperPromptConfig, task_ids: Sequence[int],
+                    source: str = 'The mixture', trained: bool = False) -> None:
+  """Every task id `source` uses must index the model's task table (checked on the host:
+  inside jit an out-of-range id only gives NaN). trained: the model exists (eval, infer),
+  so the fix is other inputs, not a bigger table."""
+  if not config.is_conditioned:
+    return
+  bad = sorted({int(t) for t in task_ids if not 0 <= int(t) < config.num_tasks})
+  if bad:
+    fix = ('use tasks this model was trained on (ids 0..'
+           f'{config.num_tasks - 1}) or a model with more task rows' if trained else
+           f'set network.HyperPromptConfig.num_tasks to at least {max(task_ids) + 1}')
+    ids = ', '.join(map(str, bad[:3])) + (', ...' if len(bad) > 3 else '')
+    raise ValueError(f'{source} uses task id {ids} but the model has num_tasks='
+                     f'{config.num_tasks}: {fix}.')
 
 
 # --- loss -------------------------------------------------------------------------------------
@@ -126,23 +135,30 @@ def _compiled_greedy(config: HyperPromptConfig, max_length: int, eos_id: int):
                           mutable=['cache'], method=Transformer.decode)
 
     def step(i, carry):
-      cache, token, out, done = carry
+      cache, token, out, done, finite = carry
       logits, new = model.apply({'params': params, 'cache': cache}, encoded,
                                 encoder_input_tokens, token, token, enable_dropout=False,
                                 decode=True, max_decode_length=max_length, task_ids=task_ids,
                                 mutable=['cache'], method=Transformer.decode)
       nxt = jnp.where(done, 0, jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32))  # [batch]
-      return new['cache'], nxt[:, None], out.at[:, i].set(nxt), done | (nxt == eos_id)
+      finite = finite & (done | jnp.isfinite(logits[:, -1]).all(-1))
+      return (new['cache'], nxt[:, None], out.at[:, i].set(nxt), done | (nxt == eos_id),
+              finite)
 
     carry = (init['cache'], jnp.zeros((batch, 1), jnp.int32), shape,
-             jnp.zeros((batch,), bool))
-    return jax.lax.fori_loop(0, max_length, step, carry)[2]
+             jnp.zeros((batch,), bool), jnp.ones((batch,), bool))
+    _, _, tokens, _, finite = jax.lax.fori_loop(0, max_length, step, carry)
+    return tokens, finite
   return run
 
 
 def greedy_decode(model: Transformer, params, encoder_input_tokens, task_ids, max_length: int,
-                  eos_id: int = 1):
-  """Greedy continuation of each row with the cache: [batch, max_length] tokens, 0 after EOS."""
-  return _compiled_greedy(model.config, max_length, eos_id)(params, encoder_input_tokens,
-                                                            task_ids)
+                  eos_id: int = 1, return_finite: bool = False):
+  """Greedy continuation of each row with the cache: [batch, max_length] tokens, 0 after EOS.
+  return_finite: also [batch] bools, False where a step's logits were not finite (a task id
+  outside [0, num_tasks) gives NaN logits inside jit; so do diverged parameters): such a
+  row's tokens are no prediction."""
+  tokens, finite = _compiled_greedy(model.config, max_length, eos_id)(
+      params, encoder_input_tokens, task_ids)
+  return (tokens, finite) if return_finite else tokens
 

@@ -151,23 +151,47 @@ def _layer_prompts(layer, stack_prompts, task_ids, query_segments):
 
 
 class _DecodePrompts(nn.Module):
-  """Cached decoding: each example's decoder prompts of every layer, made once per decode
-  call (when the cache is created; they depend only on the parameters and the task ids) and
-  read from the cache at every token. Batch-major, so t5x's beam search expands and
-  reorders them with the rest of the cache."""
+  """Cached decoding: each example's decoder prompts of every layer, made at the first
+  decode step (under `nn.cond`, from the parameters the step is given) and read from the
+  cache at every later token. The cache itself holds zeros until then, so a cache made by
+  `init(..., decode=True)` (flax's way, fresh parameters) and one made by
+  `apply(params, ..., mutable=['cache'])` (t5x's) decode the same. Batch-major, so t5x's
+  beam search expands and reorders them with the rest of the cache; the step counter is
+  named `cache_index`, like the attention's, so beam search leaves it as it is."""
   config: HyperPromptConfig
   prompt_generator: nn.Module
   prompt_offset: int
 
+  def _make(self, task_ids):
+    keys, values = _stack_prompts(self.config, 'decoder', self.prompt_generator,
+                                  self.prompt_offset)
+    gather = lambda p: jnp.stack([gather_tasks(p[i], task_ids) for i in range(p.shape[0])], 1)
+    return gather(keys), gather(values)  # two [batch, layers, l, heads, head_dim]
+
   @nn.compact
   def __call__(self, task_ids, query_segments):
+    ready = self.has_variable('cache', 'prompt_keys')
     cfg = self.config
+    shape = (task_ids.shape[0], cfg.prompted_layers('decoder'), cfg.prompt_length,
+             cfg.num_heads, cfg.head_dim)
+    self.variable('cache', 'prompt_keys', jnp.zeros, shape, cfg.dtype)
+    self.variable('cache', 'prompt_values', jnp.zeros, shape, cfg.dtype)
+    index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+    if not ready:  # creating the cache: the output is not used; the prompts wait for step 0
+      keys, values = self._make(task_ids)
+    else:
+      def make(module, task_ids):
+        keys, values = module._make(task_ids)  # pylint: disable=protected-access
+        module.put_variable('cache', 'prompt_keys', keys.astype(cfg.dtype))
+        module.put_variable('cache', 'prompt_values', values.astype(cfg.dtype))
+        return read(module, task_ids)
 
-    def make():
-      keys, values = _stack_prompts(cfg, 'decoder', self.prompt_generator, self.prompt_offset)
-      gather = lambda p: jnp.stack([gather_tasks(p[i], task_ids) for i in range(p.shape[0])], 1)
-      return gather(keys), gather(values)  # two [batch, layers, l, heads, head_dim]
-    keys, values = self.variable('cache', 'prompts', make).value
+      def read(module, task_ids):
+        del task_ids
+        return (module.get_variable('cache', 'prompt_keys'),
+                module.get_variable('cache', 'prompt_values'))
+      keys, values = nn.cond(index.value == 0, make, read, self, task_ids)
+      index.value = index.value + 1
     batch, l = keys.shape[0], keys.shape[2]
     mask = layers.make_attention_mask(query_segments.astype(jnp.int32),
                                       jnp.ones((batch, l), jnp.int32), jnp.equal)

@@ -344,7 +344,7 @@ class Clock:
              f'{steps * batch_size / max(wall, 1e-9):.1f} examples/s (rows of BATCH_SIZE), '
              f'final loss {record.get("loss", float("nan")):.4f}']
     for task, entry in sorted(best.get('tasks', {}).items()):
-      lines.append(f'  best {hyperprompt_tasks.short_name(task)}: {entry["score"]:.2f} '
+      lines.append(f'  best {hyperprompt_tasks.task_key(task)}: {entry["score"]:.2f} '
                    f'at step {entry["step"]}')
     if 'average_of_best' in best:
       lines.append(f'  average of the best per task: {best["average_of_best"]:.2f}')

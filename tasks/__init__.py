@@ -11,13 +11,15 @@ from hyperprompt_tasks import demo, glue_super_glue, metrics, task_table
 from hyperprompt_tasks.feature_converter import TaskIdEncDecFeatureConverter
 from hyperprompt_tasks.glue_super_glue import register_mixture
 from hyperprompt_tasks.registration import register_task
-from hyperprompt_tasks.task_table import (TASK_IDS, next_free_id, num_tasks, register_task_id,
-                                          short_name, task_id)
+from hyperprompt_tasks.task_table import (TASK_IDS, benchmark_of, next_free_id, num_tasks,
+                                          register_task_id, short_name, task_id, task_key)
 from hyperprompt_tasks.vocab import demo_vocabulary, task_vocabulary
 
-__all__ = ['TASK_IDS', 'TaskIdEncDecFeatureConverter', 'benchmark_mixture', 'demo', 'demo_vocabulary',
-           'get_mixture_or_task', 'glue_super_glue', 'metrics', 'next_free_id', 'num_tasks',
-           'register_mixture', 'register_task', 'register_task_id', 'short_name', 'task_id', 'task_id_map', 'task_ids_of', 'task_table', 'task_vocabulary', 'tasks_of']
+__all__ = ['TASK_IDS', 'TaskIdEncDecFeatureConverter', 'benchmark_mixture', 'benchmark_of', 'demo',
+           'demo_vocabulary', 'get_mixture_or_task', 'glue_super_glue', 'metrics',
+           'next_free_id', 'num_tasks', 'register_mixture', 'register_task', 'register_task_id',
+           'short_name', 'task_id', 'task_id_map', 'task_ids_of', 'task_key', 'task_table',
+           'task_vocabulary', 'tasks_of']
 
 if 'hyperprompt_demo' not in seqio.MixtureRegistry.names():
   glue_super_glue.register_all()

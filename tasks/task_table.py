@@ -27,12 +27,40 @@ def task_name(benchmark: str, task: str) -> str:
 
 
 def short_name(name: str) -> str:
-  """'hyperprompt_glue_rte' -> 'rte' (names of other tasks are returned unchanged)."""
-  for benchmark in TABLES:
-    prefix = task_name(benchmark, '')
-    if name.startswith(prefix):
-      return name[len(prefix):]
-  return name
+  """'hyperprompt_glue_rte' -> 'rte' (names of other tasks are returned unchanged). Unique
+  within a benchmark only: `task_key` is unique across benchmarks."""
+  benchmark = benchmark_of(name)
+  return name[len(task_name(benchmark, '')):] if benchmark else name
+
+
+def benchmark_of(name: str) -> Optional[str]:
+  """'hyperprompt_super_glue_rte' -> 'super_glue'; None for another project's task."""
+  for benchmark in sorted(TABLES, key=len, reverse=True):  # 'super_glue' before 'glue'
+    if name.startswith(task_name(benchmark, '')):
+      return benchmark
+  return None
+
+
+def _shared_short_names():
+  seen, shared = set(), set()
+  for table in TABLES.values():
+    shared |= seen & set(table)
+    seen |= set(table)
+  return shared
+
+
+SHARED_SHORT_NAMES = _shared_short_names()  # {'rte'}: GLUE's and SuperGLUE's
+
+
+def task_key(name: str) -> str:
+  """The name a task is reported under (console rows, prediction files, TensorBoard folders,
+  experiments' columns): its short name, qualified by its benchmark where two benchmarks
+  share that short name: 'hyperprompt_glue_cola' -> 'cola', 'hyperprompt_glue_rte' ->
+  'glue_rte', 'hyperprompt_super_glue_rte' -> 'super_glue_rte'. Unique across benchmarks."""
+  short, benchmark = short_name(name), benchmark_of(name)
+  if benchmark and short in SHARED_SHORT_NAMES:
+    return f'{benchmark}_{short}'
+  return short
 
 
 def task_id(name: str) -> int:

@@ -51,11 +51,7 @@ def shift_right(targets):
   return np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
 
 
-def dots_in_and_out_of_loops(hlo_text: str, op_name_part: str):
-  """(inside, outside): how many dot instructions whose source op_name contains
-  `op_name_part` a compiled HLO module runs inside any while loop's body, and outside every
-  loop. XLA keeps an instruction's op_name when it hoists it out of a loop, so the op_name
-  tells where it came from and the enclosing computation where it runs."""
+def _hlo_computations(hlo_text: str):
   comps, current = {}, None
   for line in hlo_text.split('\n'):
     if line and not line[0].isspace() and line.rstrip().endswith('{'):
@@ -63,18 +59,44 @@ def dots_in_and_out_of_loops(hlo_text: str, op_name_part: str):
       comps[current] = []
     elif current is not None:
       comps[current].append(line)
-  callee = re.compile(r'(?:calls=|body=|condition=|to_apply=|computations=\{)([%\w.\-]+)')
+  return comps
 
-  def reachable(name, seen):
-    for line in comps.get(name, []):
-      for m in callee.finditer(line):
-        if m.group(1) not in seen:
-          seen.add(m.group(1))
-          reachable(m.group(1), seen)
-    return seen
-  in_loop = set()
-  for m in re.finditer(r'body=([%\w.\-]+)', hlo_text):
-    in_loop |= reachable(m.group(1), {m.group(1)})
+
+_CALLEE = re.compile(r'(?:calls=|body=|condition=|to_apply=|true_computation=|'
+                     r'false_computation=)([%\w.\-]+)|computations=\{([^}]*)\}')
+
+
+def _callees(line):
+  for m in _CALLEE.finditer(line):
+    if m.group(1):
+      yield m.group(1)
+    else:
+      yield from (n.strip() for n in m.group(2).split(',') if n.strip())
+
+
+def _reachable(comps, roots):
+  seen, todo = set(roots), list(roots)
+  while todo:
+    for line in comps.get(todo.pop(), []):
+      for name in _callees(line):
+        if name not in seen:
+          seen.add(name)
+          todo.append(name)
+  return seen
+
+
+def dots_by_place(hlo_text: str, op_name_part: str):
+  """(outside, in_loop, in_loop_branch): how many dot instructions whose source op_name
+  contains `op_name_part` a compiled HLO module runs outside every while loop, inside a
+  loop's body on every iteration, and inside a loop only within a conditional's branch.
+  XLA keeps an instruction's op_name when it hoists it out of a loop, so the op_name tells
+  where it came from and the enclosing computation where it runs."""
+  comps = _hlo_computations(hlo_text)
+  in_loop = _reachable(comps, re.findall(r'body=([%\w.\-]+)', hlo_text))
+  branch_roots = [name for comp in in_loop for line in comps.get(comp, [])
+                  if ' conditional(' in line for name in _callees(line)]
+  in_branch = _reachable(comps, branch_roots) & in_loop if branch_roots else set()
   count = lambda names: sum(1 for n in names for line in comps[n]
                             if ' dot(' in line and op_name_part in line)
-  return count(in_loop), count(set(comps) - in_loop)
+  return count(set(comps) - in_loop), count(in_loop - in_branch), count(in_branch)
+

@@ -16,7 +16,7 @@ from hyperprompt_jax import models
 from hyperprompt_jax.hypernetworks import HyperFormerGenerator, HyperFormerTasks
 from hyperprompt_jax.network import Transformer
 from tests import t5_reference
-from tests.helpers import (ALL_VARIANTS, CONDITIONED, dots_in_and_out_of_loops, init_params,
+from tests.helpers import (ALL_VARIANTS, CONDITIONED, dots_by_place, init_params,
                            random_tokens, shift_right, tiny_config)
 
 B, LI, LT = 3, 9, 6
@@ -250,6 +250,8 @@ def test_prompt_tuning_rejects_packed_rows():
 
 @pytest.mark.parametrize('variant', ALL_VARIANTS)
 def test_cached_decoding_equals_teacher_forced_forward(variant):
+  """Token by token with the cache == the full forward, with the cache made t5x's way
+  (apply with the trained parameters) and flax's way (init, fresh parameters)."""
   config = tiny_config(variant)
   params = init_params(config)
   inputs, dec_inputs, targets = _batch()
@@ -263,46 +265,50 @@ def test_cached_decoding_equals_teacher_forced_forward(variant):
   _, state = model.apply({'params': params}, encoded, inputs, dec_inputs, targets,
                          enable_dropout=False, decode=True, task_ids=task_ids,
                          mutable=['cache'], method=Transformer.decode)
-  cache = state['cache']
-  step_params = params
+  flax_cache = model.init(jax.random.PRNGKey(5), inputs, dec_inputs, targets,
+                          enable_dropout=False, decode=True, task_ids=task_ids)['cache']
+  assert jax.tree.map(jnp.shape, flax_cache) == jax.tree.map(jnp.shape, state['cache'])
+  # After the first token the prompt generator is never read again: poisoning its
+  # parameters from then on changes nothing.
+  poisoned = flax.traverse_util.unflatten_dict({
+      k: (jnp.full_like(v, jnp.nan) if any('hyperprompt' in part for part in k) else v)
+      for k, v in flax.traverse_util.flatten_dict(params).items()})
   if variant in ('share', 'sep', 'global'):
-    # Prompts are made once, with the cache: the steps never read the prompt generator, so
-    # poisoning its parameters after cache creation changes nothing.
-    assert 'decode_prompts' in cache['decoder']
-    step_params = flax.traverse_util.unflatten_dict({
-        k: (jnp.full_like(v, jnp.nan) if any('hyperprompt' in part for part in k) else v)
-        for k, v in flax.traverse_util.flatten_dict(params).items()})
+    assert 'decode_prompts' in state['cache']['decoder']
 
   @jax.jit
-  def step(cache, token):
+  def step(step_params, cache, token):
     logits, state = model.apply({'params': step_params, 'cache': cache}, encoded, inputs, token,
                                 token,
                                 enable_dropout=False, decode=True, max_decode_length=LT,
                                 task_ids=task_ids, mutable=['cache'], method=Transformer.decode)
     return logits, state['cache']
 
-  for t in range(LT):
-    logits, cache = step(cache, dec_inputs[:, t:t + 1])
-    np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=2e-5, rtol=1e-5)
-  # The prompts are not in the key/value cache: it holds exactly the decoded length.
-  cached_key = cache['decoder']['layers_0']['self_attention']['cached_key']
-  assert cached_key.shape == (B, config.num_heads, config.head_dim, LT)
+  for cache in (state['cache'], flax_cache):
+    for t in range(LT):
+      logits, cache = step(params if t == 0 else poisoned, cache, dec_inputs[:, t:t + 1])
+      np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=2e-5, rtol=1e-5)
+    # The prompts are not in the key/value cache: it holds exactly the decoded length.
+    cached_key = cache['decoder']['layers_0']['self_attention']['cached_key']
+    assert cached_key.shape == (B, config.num_heads, config.head_dim, LT)
 
 
-@pytest.mark.parametrize('variant, generator', [('global', 'decode_prompts/hyperprompt/'),
+@pytest.mark.parametrize('variant, generator', [('global', 'decode_prompts/'),
                                                 ('hyperformer', 'decoder_hyperformer/')])
 def test_greedy_decoding_makes_the_decoder_conditioning_once_per_call(variant, generator):
   """The decoder's hyper-prompts and HyperFormer++'s generated adapters depend only on the
-  parameters: compiled greedy decoding computes them outside the token loop (the prompts
-  with the cache, the adapter weights hoisted by XLA), never once per token."""
+  parameters and the task ids: compiled greedy decoding never computes them once per token.
+  The prompts are made inside the token loop only in the branch of the first step (a
+  conditional), the adapter weights are hoisted out of the loop by XLA."""
   config = tiny_config(variant)
   hlo = models._compiled_greedy(config, 5, -1).lower(  # pylint: disable=protected-access
       init_params(config), random_tokens(0, (B, 6)), np.array([2, 0, 1], np.int32)
   ).compile().as_text()
-  inside, outside = dots_in_and_out_of_loops(hlo, generator)
-  assert (inside, outside > 0) == (0, True), (inside, outside)
+  outside, every_token, first_token = dots_by_place(hlo, generator)
+  assert every_token == 0, (outside, every_token, first_token)
+  assert (first_token > 0) if variant == 'global' else (outside > 0 and first_token == 0)
   # The token loop itself is found: each step's own projections run inside it.
-  assert dots_in_and_out_of_loops(hlo, 'decoder/layers_0/self_attention/query/')[0] >= 1
+  assert dots_by_place(hlo, 'decoder/layers_0/self_attention/query/')[1] >= 1
 
 
 def test_config_rejects_bad_values():
