@@ -32,9 +32,12 @@ setup(
     version='0.1.0',
     description='HyperPrompt: hypernetwork-generated prompts for multi-task T5, in JAX/Flax.',
     python_requires='>=3.11',
-    packages=['hyperprompt_jax', 'hyperprompt_tasks'],
-    package_dir={'hyperprompt_jax': 'hyperprompt_jax', 'hyperprompt_tasks': 'tasks'},
-    package_data={'hyperprompt_tasks': ['data/*', 'vocab/*']},
+    # The gin files ship inside the package (hyperprompt_jax/gin in a wheel; gin_utils.GIN_DIR
+    # finds them there or in a source checkout's gin/).
+    packages=['hyperprompt_jax', 'hyperprompt_jax.gin', 'hyperprompt_tasks'],
+    package_dir={'hyperprompt_jax': 'hyperprompt_jax', 'hyperprompt_jax.gin': 'gin',
+                 'hyperprompt_tasks': 'tasks'},
+    package_data={'hyperprompt_jax.gin': ['**/*.gin'], 'hyperprompt_tasks': ['vocab/*']},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         'hf': HF_REQUIRES,

@@ -23,7 +23,20 @@ import gin
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import CONDITIONING_PARAMS_REGEX
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
+
+
+def _gin_dir() -> str:
+  """The project's gin files: inside the installed package (hyperprompt_jax/gin, where a
+  wheel puts them) or, in a source checkout or editable install, the repository's gin/."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  for path in (os.path.join(here, 'gin'), os.path.join(os.path.dirname(here), 'gin')):
+    if os.path.isdir(os.path.join(path, 'runs')):
+      return path
+  raise ImportError(f'hyperprompt_jax: no gin files next to {here}: reinstall the package '
+                    '(pip install hyperprompt_jax) or use a source checkout.')
+
+
+GIN_DIR = _gin_dir()
 gin.constant('hyperprompt_jax.CONDITIONING_PARAMS', CONDITIONING_PARAMS_REGEX)
 
 
