@@ -225,7 +225,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   task_names = {tid: name for name, tid in sorted(hyperprompt_tasks.TASK_IDS.items(),
                                                   reverse=True)}
   task_ids_present = set(hyperprompt_tasks.task_ids_of(mixture_or_task_name))
-  last_record, last_saved, tick = {}, latest, time.time()
+  last_record, last_saved = {}, latest
+  step_rate = StepRate(start)
   clock = Clock(start, train_steps, report_every_seconds)
   best = {}
 
@@ -252,10 +253,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                             f'checkpoint (step {last_saved}) is kept in {model_dir}. Lower the '
                             'learning rate or check the data.')
       if done % log_every_steps == 0 or done == train_steps:
-        now = time.time()
         record = {'step': done, 'loss': loss, 'learning_rate': learning_rate,
-                  'steps_per_second': log_every_steps / max(now - tick, 1e-9)}
-        tick = now
+                  'steps_per_second': step_rate.since_last(done)}
         for tid in sorted(task_ids_present):
           if metrics['task_tokens'][tid] > 0:
             record[f'loss/{task_names.get(tid, tid)}'] = float(metrics['task_loss'][tid])
@@ -265,7 +264,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                                     if k not in ('step', 'steps_per_second')})
         last_record = record
         clock.report(done, loss)
-    score = None
+    score, pause_began = None, step_rate.clock()
     if eval_every_steps and (done % eval_every_steps == 0 or done == train_steps):
       results, predictions = evaluation.evaluate(
           model, state['params'], mixture_or_task_name, task_feature_lengths, eval_batch_size,
@@ -277,6 +276,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       log.info('%s', evaluation.format_table(done, results))
     if done % save_every_steps == 0 or done == train_steps or preempted:
       save(done, score)
+    step_rate.exclude(step_rate.clock() - pause_began)
     if preempted:
       log.warning('SIGTERM: saved step %d in %s; rerun the same command to continue.',
                   done, model_dir)
@@ -314,6 +314,24 @@ def new_tasks_only_from(model_dir: str) -> int:
                         'train.new_tasks_only; use a new MODEL_DIR.')
   with gfile.GFile(path) as f:
     return int(f.read().strip())
+
+
+class StepRate:
+  """metrics.jsonl's steps_per_second: the steps since the previous record over the time
+  they took, less the time spent evaluating and saving in between (`exclude`)."""
+
+  def __init__(self, step: int, clock=time.time):
+    self.clock = clock
+    self._step, self._time, self._excluded = step, clock(), 0.0
+
+  def exclude(self, seconds: float) -> None:
+    self._excluded += seconds
+
+  def since_last(self, step: int) -> float:
+    now = self.clock()
+    rate = (step - self._step) / max(now - self._time - self._excluded, 1e-9)
+    self._step, self._time, self._excluded = step, now, 0.0
+    return rate
 
 
 class Clock:

@@ -32,6 +32,16 @@ RUNTIMES = {'v2': 'tpu-ubuntu2204-base', 'v3': 'tpu-ubuntu2204-base',
             'v4': 'tpu-ubuntu2204-base', 'v5litepod': 'v2-alpha-tpuv5-lite',
             'v5p': 'v2-alpha-tpuv5', 'v6e': 'v2-alpha-tpuv6e'}
 PYTHON = '3.11'
+# Pins that a --jax_version other than constraints.txt's replaces (jax[tpu] brings its own).
+JAX_PINS = ('jax', 'jaxlib', 'libtpu')
+
+
+def pinned_jax_version() -> str:
+  with open(os.path.join(REPO, 'constraints.txt')) as f:
+    for line in f:
+      if line.startswith('jax=='):
+        return line.strip().split('==')[1]
+  raise ValueError('constraints.txt pins no jax version.')
 
 
 def parse_accelerator(accelerator: str) -> Tuple[str, int]:
@@ -52,7 +62,7 @@ def num_workers(accelerator: str) -> int:
 
 def commands(args, run: List[str]) -> List[Tuple[str, List[str]]]:
   """(stage, argv) pairs: create, wait (queued only), archive, copy, unpack, install,
-  start, follow, logs..., delete."""
+  start, follow (worker 0), status (all workers), logs..., delete."""
   family, _ = parse_accelerator(args.accelerator)
   version = args.version or RUNTIMES[family]
   tpu = ['gcloud', 'compute', 'tpus', 'tpu-vm']
@@ -66,8 +76,11 @@ def commands(args, run: List[str]) -> List[Tuple[str, List[str]]]:
                                       f'--accelerator-type={args.accelerator}',
                                       f'--runtime-version={version}']
                   + (['--spot'] if args.spot else [])))
-    wait = (f'until [ "$({shlex.join(queued)} describe {args.name} {shlex.join(where)} '
-            "--format='value(state.state)')\" = ACTIVE ]; do sleep 30; done")
+    # Until ACTIVE; a request that FAILED or was SUSPENDED never becomes active: stop there.
+    wait = (f'while true; do s=$({shlex.join(queued)} describe {args.name} {shlex.join(where)} '
+            "--format='value(state.state)'); case $s in ACTIVE) exit 0;; "
+            f'FAILED|SUSPENDING|SUSPENDED) echo "queued resource {args.name} is $s" >&2; '
+            'exit 1;; esac; sleep 30; done')
     steps.append(('wait', ['bash', '-c', wait]))
   else:
     steps.append(('create', tpu + ['create', args.name, *where,
@@ -82,9 +95,17 @@ def commands(args, run: List[str]) -> List[Tuple[str, List[str]]]:
   steps.append(('unpack', ssh(f'rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && '
                               f'tar -xzf {ARCHIVE} -C {REMOTE_DIR}')))
   # Python 3.11 whatever the image ships: uv (from PyPI) fetches a standalone interpreter.
+  # Another jax than the pinned one: the other pins stay, jax's own are dropped.
+  constraints = 'constraints.txt'
+  if args.jax_version != pinned_jax_version():
+    drop = '|'.join(JAX_PINS)
+    constraints = 'constraints_jax.txt'
+    prepare = f"grep -v -E '^({drop})==' constraints.txt > {constraints}; "
+  else:
+    prepare = ''
   setup = (f'set -e; cd {REMOTE_DIR}; python3 -m pip install -q --user uv; '
            f'~/.local/bin/uv venv -q --seed --python {PYTHON} .venv; . .venv/bin/activate; '
-           f'pip install -q -c constraints.txt -e . "jax[tpu]=={args.jax_version}"')
+           f'{prepare}pip install -q -c {constraints} -e . "jax[tpu]=={args.jax_version}"')
   steps.append(('install', ssh(setup)))
   env = ' '.join(f'export {shlex.quote(e)};' for e in args.env)
   script = (f'set -o pipefail; cd {REMOTE_DIR} && . .venv/bin/activate && {env} '
@@ -92,9 +113,12 @@ def commands(args, run: List[str]) -> List[Tuple[str, List[str]]]:
   start = (f'rm -f ~/{EXIT}; nohup bash -c {shlex.quote(script + f"; echo $? > ~/{EXIT}")} '
            f'> ~/{LOG} 2>&1 < /dev/null &')
   steps.append(('start', ssh(start)))
-  follow = (f'tail -n +1 -F ~/{LOG} & T=$!; while [ ! -f ~/{EXIT} ]; do sleep 10; done; '
-            f'kill $T; exit $(cat ~/{EXIT})')
-  steps.append(('follow', ssh(follow)))
+  # The console follows worker 0's log (the others' would interleave line by line); then
+  # every worker's exit status is collected: the run failed if any worker's did.
+  wait_exit = f'while [ ! -f ~/{EXIT} ]; do sleep 10; done; '
+  follow = f'tail -n +1 -F ~/{LOG} & T=$!; {wait_exit}kill $T; exit $(cat ~/{EXIT})'
+  steps.append(('follow', ssh(follow, worker='0')))
+  steps.append(('status', ssh(f'{wait_exit}exit $(cat ~/{EXIT})')))
   for w in range(num_workers(args.accelerator)):
     steps.append(('logs', tpu + ['scp', f'{args.name}:~/{LOG}',
                                  os.path.join(args.logs_dir, f'worker_{w}.log'), *where,
@@ -118,7 +142,8 @@ def main(argv=None):
   parser.add_argument('--version', default=None,
                       help='TPU VM runtime version (default: by accelerator family)')
   parser.add_argument('--project', default=None)
-  parser.add_argument('--jax_version', default='0.10.2')
+  parser.add_argument('--jax_version', default=pinned_jax_version(),
+                      help="jax[tpu]'s version (default: constraints.txt's pin)")
   parser.add_argument('--logs_dir', default='./tpu_logs')
   parser.add_argument('--env', action='append', default=[], metavar='KEY=VALUE',
                       help='environment variable for every worker (repeatable), e.g. '
@@ -131,6 +156,8 @@ def main(argv=None):
   args = parser.parse_args(argv[:argv.index('--')] if '--' in argv else argv)
   if not run:
     parser.error('give the command to run on every worker after `--`.')
+  if not re.fullmatch(r'\d+\.\d+\.\d+', args.jax_version):
+    parser.error(f'--jax_version {args.jax_version!r}: write a release such as 0.10.2.')
   for item in args.env:
     if not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*=.*', item):
       parser.error(f'--env {item!r}: write KEY=VALUE.')
@@ -147,7 +174,7 @@ def main(argv=None):
     print('+', shlex.join(step), flush=True)
     if subprocess.run(step).returncode != 0 and not failed:
       failed = stage
-      if stage not in ('start', 'follow'):
+      if stage not in ('start', 'follow', 'status'):
         break
   if failed:
     print(f'error: the {failed} step failed; logs are in {args.logs_dir}. The TPU VM is kept '

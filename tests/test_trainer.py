@@ -80,3 +80,17 @@ def test_the_cpu_step_keeps_its_input_state_unless_told(donate_state, donated):
     compiled = step.lower(state, part.shard_batch(_batch(), 4)).compile()
   aliased = compiled.memory_analysis().alias_size_in_bytes
   assert (aliased > 0) == donated, aliased
+
+
+def test_steps_per_second_counts_the_timed_steps_without_evaluation_and_saving():
+  now = [100.0]
+  rate = train.StepRate(0, clock=lambda: now[0])
+  now[0] += 10.0                       # steps 1-10: 10 s
+  assert rate.since_last(10) == pytest.approx(1.0)
+  now[0] += 4.0                        # steps 11-14: 4 s
+  rate.exclude(30.0)                   # an evaluation and a save: 30 s more
+  now[0] += 30.0
+  now[0] += 2.0                        # steps 15-16
+  assert rate.since_last(16) == pytest.approx(1.0)
+  now[0] += 0.5                        # the last, partial interval: one step in 0.5 s
+  assert rate.since_last(17) == pytest.approx(2.0)
