@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence
 
 import gin
 
+from hyperprompt_jax import compile_cache
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import CONDITIONING_PARAMS_REGEX
 
@@ -84,6 +85,10 @@ def parse_flags(argv: Sequence[str], description: str, prog: Optional[str] = Non
                       help='number of processes (with --coordinator_address)')
   parser.add_argument('--process_index', type=int, default=None,
                       help='this process (0 .. process_count-1)')
+  parser.add_argument('--compilation_cache_dir', default=None,
+                      help="jax's persistent compilation cache (default: "
+                           '$HYPERPROMPT_COMPILATION_CACHE or ~/.cache/hyperprompt_jax/jax_cache; '
+                           "a gs:// path works on pods; 'none' turns it off)")
   parser.epilog = ('--gin.NAME=VALUE binds a macro or parameter (a bare word is a string). '
                    'With --gin_file, --help also lists the macros of those files.')
   gin_args = [a for a in argv if a.startswith('--gin.')]
@@ -242,6 +247,7 @@ def run_main(fn, description: str, argv=None, prog: Optional[str] = None) -> Non
   try:
     args, files, bindings = parse_flags(argv, description, prog)
     initialize_distributed(args.coordinator_address, args.process_count, args.process_index)
+    compile_cache.configure(args.compilation_cache_dir)
     parse_config(files, bindings, args.gin_search_paths)
     check_required_macros()
     fn()

@@ -28,8 +28,8 @@ from jax.experimental import multihost_utils
 from tensorflow.io import gfile
 
 import hyperprompt_tasks
-from hyperprompt_jax import (checkpoints, evaluation, files, gin_utils, input_pipeline, models,
-                             partitioning, trainer)
+from hyperprompt_jax import (checkpoints, compile_cache, evaluation, files, gin_utils,
+                             input_pipeline, models, partitioning, trainer)
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
@@ -238,8 +238,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
 
   for step in range(start, train_steps):
     batch = part.shard_batch(next(iterator), batch_size)
+    hits_before, began = compile_cache.hits(), time.time()
     with part.context():
       state, metrics = train_step(state, batch)
+    if step == start:  # the call that compiled the step (or loaded it from the cache)
+      log.info('Train step %s.', compile_cache.describe(time.time() - began, hits_before))
     done = step + 1
     progress(done)
     preempted = preemption.requested(done)

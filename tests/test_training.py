@@ -113,7 +113,12 @@ def test_sigterm_saves_and_a_rerun_continues_with_identical_losses(tmp_path):
   assert proc.returncode == 0, err[-2000:]
   saved = _saved_steps(cut)
   assert len(saved) == 1 and 5 <= saved[0] < steps
-  _cli('train', *args)  # the same command continues
+  rerun = _cli('train', *args)  # the same command continues
+  # ... with its train step loaded from the session's compilation cache (tests/conftest.py),
+  # not compiled again, and the losses below are still identical.
+  assert 'Train step loaded from the compilation cache' in rerun.stderr, rerun.stderr[-2000:]
+  cache = os.environ['HYPERPROMPT_COMPILATION_CACHE']
+  assert any(n.startswith('jit_step_fn-') for n in os.listdir(cache))
   _demo(full, steps, '--gin.train.train.save_every_steps=1000',
         '--gin.network.HyperPromptConfig.dropout_rate=0.1')
   a, b = _train_losses(full), _train_losses(cut)
