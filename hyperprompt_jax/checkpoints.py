@@ -60,6 +60,11 @@ def step_of_path(path: str) -> Optional[int]:
   return int(m.group(1)) if m else None
 
 
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else type(e).__name__
+
+
 def _score(metrics) -> float:
   return float(metrics['score'])
 
@@ -68,6 +73,10 @@ class CheckpointStore:
   """Saves and restores the train state of one run (MODEL_DIR)."""
 
   def __init__(self, model_dir: str, keep: int = 3, read_only: bool = False):
+    if not read_only and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
+      raise CheckpointError(f'train.train.keep_checkpoints={keep!r} would delete every '
+                            'checkpoint it saves: keep at least 1 (the latest N are kept, and '
+                            'the best-scored one besides).')
     self.model_dir = model_dir
     self.input_dir = os.path.join(model_dir, 'input_state')
     old = os.path.join(model_dir, OLD_LAYOUT)
@@ -130,9 +139,64 @@ class CheckpointStore:
     leaf carries (every host reads only the slices its devices hold)."""
     self.check_fits(step, abstract_state['params'])
     state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    if iterator is not None and not iterator.restore(self.input_dir, step):
-      log.warning('No saved input position for step %d: the input restarts.', step)
+    if iterator is not None:
+      try:
+        found = iterator.restore(self.input_dir, step)
+      except Exception as e:  # pylint: disable=broad-except  (tf raises several kinds)
+        raise CheckpointError(f'the input position of step {step} cannot be read '
+                              f'({_first_line(e)})') from e
+      if not found:
+        log.warning('No saved input position for step %d: the input restarts.', step)
     return state
+
+  def restore_latest_readable(self, abstract_state, iterator=None):
+    """(state, step) of the newest checkpoint that can be read. A checkpoint (or its input
+    position) that cannot be read, e.g. cut short by a full disk, is passed over with a
+    warning naming it, for the one before; a checkpoint that does not fit the model is an
+    error at once. (None, None) when there is none."""
+    failures = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        self.check_fits(step, abstract_state['params'])
+      except CheckpointError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (unreadable metadata)
+        failures.append((step, e))
+        log.warning('%s cannot be read (%s): trying the checkpoint before it.',
+                    self.step_dir(step), _first_line(e))
+        continue
+      try:
+        state = self.restore(step, abstract_state, iterator)
+      except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore/tf errors)
+        failures.append((step, e))
+        log.warning('%s cannot be read (%s): trying the checkpoint before it.',
+                    self.step_dir(step), _first_line(e))
+        continue
+      self._set_aside([s for s, _ in failures])
+      return state, step
+    if failures:
+      step, e = failures[0]
+      raise CheckpointError(f'no checkpoint in {self.model_dir} can be read (the newest, '
+                            f'{step}: {_first_line(e)}): restore the folder from a copy, or use '
+                            'a new MODEL_DIR.')
+    return None, None
+
+  def _set_aside(self, steps) -> None:
+    """Unreadable checkpoints are renamed <dir>.unreadable (kept, not deleted), so the run
+    can save those steps again."""
+    if steps and jax.process_index() == 0:
+      for step in steps:
+        path = self.step_dir(step)
+        try:
+          gfile.rename(path, path + '.unreadable', overwrite=True)
+        except Exception as e:  # pylint: disable=broad-except
+          raise CheckpointError(f'{path} cannot be read and cannot be renamed '
+                                f'({_first_line(e)}): move it out of the way (e.g. to '
+                                f'{path}.unreadable) and rerun.') from e
+        log.warning('Renamed %s to %s.unreadable; the run continues from an earlier step.',
+                    path, path)
+    if steps:
+      self.manager.reload()
 
   def restore_params(self, step: int, abstract_params):
     """Only the parameters of a step (no optimizer state is read), into the shardings of

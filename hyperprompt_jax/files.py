@@ -1,6 +1,7 @@
 """File access that works for local paths and gs:// alike (tf.io.gfile)."""
 
 import json
+import logging
 import os
 from typing import Dict, List
 
@@ -11,15 +12,37 @@ def is_remote(path: str) -> bool:
   return '://' in path
 
 
+def expand(path: str) -> str:
+  """'~' and $VARIABLES in a local path expanded (a literal './~' folder is never made)."""
+  return path if is_remote(path) else os.path.expandvars(os.path.expanduser(path))
+
+
 def absolute(path: str) -> str:
   return path if is_remote(path) else os.path.abspath(path)
 
 
 def read_jsonl(path: str) -> List[Dict]:
+  """The JSON objects of a JSON-lines file ([] if there is none). A torn last line (a run
+  killed while writing it) is dropped with a warning naming the file; a bad line elsewhere
+  is an error naming the file and line."""
   if not gfile.exists(path):
     return []
   with gfile.GFile(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [(i + 1, line) for i, line in enumerate(f) if line.strip()]
+  records = []
+  for number, line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      if number == lines[-1][0] and not line.endswith('\n'):
+        logging.getLogger('hyperprompt_jax').warning(
+            '%s: dropped its torn last line %d (a run stopped while writing it).', path, number)
+        continue
+      raise ValueError(f'{path} line {number} is not JSON: fix or remove that line.') from None
+    if not isinstance(record, dict):
+      raise ValueError(f'{path} line {number} is not a JSON object: fix or remove that line.')
+    records.append(record)
+  return records
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -11,6 +11,8 @@ evaluation.EvalOutput); the console shows progress with an ETA, a table per eval
 a summary at the end.
 """
 
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -29,7 +31,7 @@ from tensorflow.io import gfile
 
 import hyperprompt_tasks
 from hyperprompt_jax import (checkpoints, compile_cache, evaluation, files, gin_utils,
-                             input_pipeline, models, partitioning, trainer)
+                             input_pipeline, models, partitioning, run_lock, trainer)
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
@@ -63,25 +65,45 @@ class MetricsLog:
 
 
 class Preemption:
-  """SIGTERM: the loop saves a checkpoint and exits 0. With several processes, jax's
-  preemption sync manager (set up by jax.distributed, notified by SIGTERM) picks one step
-  that every process reaches, so all of them save the same step."""
+  """SIGTERM (a preemption, a scheduler) and SIGINT (Ctrl-C): the loop saves a checkpoint at
+  the end of the current step and exits with 128 + the signal's number (143, 130), so a
+  scheduler never takes an interrupted run for a finished one; rerunning the command
+  continues it. A second Ctrl-C stops at once. With several processes, jax's preemption
+  sync manager (set up by jax.distributed, notified by SIGTERM; Ctrl-C is passed on to it as
+  SIGTERM) picks one step that every process reaches, so all of them save the same step."""
 
   def __init__(self):
     self.multi_process = jax.process_count() > 1
-    self._signalled = False
+    self.signum: Optional[int] = None
     if not self.multi_process:
       signal.signal(signal.SIGTERM, self._handle)
+    signal.signal(signal.SIGINT, self._handle)
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self._signalled = True
+    del frame
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C stops at once
+      os.write(2, b'\nCtrl-C: saving at the end of this step, then stopping (Ctrl-C again '
+                  b'stops at once, losing the steps since the last checkpoint).\n')
+    if self.multi_process:
+      self.signum = self.signum or signum
+      if signum == signal.SIGINT:
+        os.kill(os.getpid(), signal.SIGTERM)  # jax's sync manager listens for SIGTERM
+      return
+    self.signum = self.signum or signum
 
   def requested(self, step: int) -> bool:
     """Call once per step, on every process."""
     if self.multi_process:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._signalled
+      reached = multihost_utils.reached_preemption_sync_point(step)
+      if reached and self.signum is None:
+        self.signum = signal.SIGTERM  # another process was told
+      return reached
+    return self.signum is not None
+
+  @property
+  def exit_status(self) -> int:
+    return 128 + int(self.signum or signal.SIGTERM)
 
 
 def jit_train_step(model: Transformer, optimizer, part: partitioning.Partitioner, params,
@@ -108,6 +130,73 @@ def jit_train_step(model: Transformer, optimizer, part: partitioning.Partitioner
   return step, state_shardings
 
 
+def jit_saved_loss(model: Transformer, part: partitioning.Partitioner, param_shardings,
+                   z_loss: float = 1e-4):
+  """The loss of given parameters on a batch, forward only and without dropout: what the
+  trainer checks before it saves a step's parameters (the step's own loss was computed
+  before its update)."""
+  def loss(params, batch):
+    _, aux = models.loss_and_aux(model, params, batch, None, model.config.num_tasks, z_loss,
+                                 enable_dropout=False)
+    return models.metrics_of(aux)['loss']
+  with part.context():
+    return jax.jit(loss, in_shardings=(param_shardings, None), out_shardings=part.replicated)
+
+
+# HyperPromptConfig fields that a run may change when it resumes: they change how the model
+# is computed or regularised, not which model it is.
+RESUMABLE_CHANGES = ('dtype', 'remat', 'embedding_lookup', 'dropout_rate', 'input_prompt_init')
+MODEL_CONFIG_FILE = 'model_config.json'
+
+
+def _config_record(config: HyperPromptConfig) -> Dict:
+  """The config's fields as JSON values (tuples as lists, dtypes as their names)."""
+  plain = lambda v: (list(v) if isinstance(v, tuple) else
+                     v if v is None or isinstance(v, (int, float, str)) else str(v))
+  return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def check_model_config(model_dir: str, config: HyperPromptConfig, allow_change: bool) -> None:
+  """A rerun in a MODEL_DIR must build the model the run was started with
+  (MODEL_DIR/model_config.json): a differing field is an error naming it (or, with
+  allow_change, a warning). Fields of RESUMABLE_CHANGES may differ."""
+  path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+  if not gfile.exists(path):
+    return
+  with gfile.GFile(path) as f:
+    stored = json.load(f)
+  now = _config_record(config)
+  changed = [k for k in sorted(set(stored) | set(now))
+             if k not in RESUMABLE_CHANGES and stored.get(k) != now.get(k) and k in stored]
+  if not changed:
+    return
+  what = ', '.join(f'{k}={stored.get(k)!r} (now {now.get(k)!r})' for k in changed[:4])
+  message = (f'{model_dir} was started with another model: {what}. Resume with the run\'s '
+             f'configuration (its config.gin) or use a new MODEL_DIR')
+  if not allow_change:
+    raise TrainingError(message + ' (train.train.allow_config_change=True resumes anyway).')
+  log.warning('%s; resuming anyway (train.train.allow_config_change).', message)
+
+
+def check_train_args(**values) -> None:
+  """The loop's numbers, checked before anything is built: one line naming the value."""
+  minimum = {'train_steps': 0, 'batch_size': 1, 'save_every_steps': 1, 'keep_checkpoints': 1,
+             'log_every_steps': 1, 'eval_every_steps': 0, 'eval_batch_size': 1,
+             'num_microbatches': 1, 'max_segments': 1}
+  macros = {'train_steps': 'TRAIN_STEPS', 'batch_size': 'BATCH_SIZE',
+            'eval_every_steps': 'EVAL_EVERY_STEPS'}
+  for name, low in minimum.items():
+    value = values[name]
+    label = macros.get(name, f'train.train.{name}')
+    if not isinstance(value, int) or isinstance(value, bool):
+      raise TrainingError(f'{label}={value!r}: must be a whole number (>= {low}).')
+    if value < low:
+      extra = (' (TRAIN_STEPS is the absolute step to stop at)' if name == 'train_steps' else
+               ' (keep_checkpoints=0 would delete every checkpoint)'
+               if name == 'keep_checkpoints' else '')
+      raise TrainingError(f'{label}={value}: must be >= {low}{extra}.')
+
+
 @gin.configurable
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Dict[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
@@ -124,7 +213,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           use_cached_tasks: bool = False, seqio_cache_dirs: Sequence[str] = (),
           new_tasks_only: bool = False, adafactor_parameter_scale: bool = True,
           weight_decay_rate: Optional[float] = None,
-          donate_state: Optional[bool] = None) -> Dict:
+          donate_state: Optional[bool] = None, allow_config_change: bool = False) -> Dict:
   """Trains (or resumes) a run in `model_dir`; returns the last logged metrics.
 
   parameter_partitioning_dims / activation_partitioning_dims: t5x's 1-D / 2-D sharding
@@ -138,13 +227,25 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   (default none). donate_state: the step reuses the state's buffers (default: on
   accelerators, not on the CPU; see jit_train_step). use_cached_tasks: read seqio's cached
   tasks (made by seqio's cache_tasks_main into one of `seqio_cache_dirs`; see README).
+  allow_config_change: resume although the model's configuration differs from the one the
+  run was started with (see check_model_config).
+
+  One trainer per MODEL_DIR (run_lock). config.gin and model_config.json are written once
+  every check has passed, so a rerun that fails leaves the run's record as it was.
   """
+  check_train_args(train_steps=train_steps, batch_size=batch_size,
+                   save_every_steps=save_every_steps, keep_checkpoints=keep_checkpoints,
+                   log_every_steps=log_every_steps, eval_every_steps=eval_every_steps,
+                   eval_batch_size=eval_batch_size, num_microbatches=num_microbatches,
+                   max_segments=max_segments)
+  model_dir = files.expand(model_dir)
   if seqio_cache_dirs:
-    seqio.add_global_cache_dirs(list(seqio_cache_dirs))
+    seqio.add_global_cache_dirs([files.expand(d) for d in seqio_cache_dirs])
   prepare_model_dir(model_dir)
-  checkpoints.check_task_ids(model_dir, hyperprompt_tasks.task_id_map(mixture_or_task_name),
-                             write=True)
-  gin_utils.write_config(model_dir)
+  if jax.process_index() == 0:
+    run_lock.RunLock(model_dir).acquire()
+  check_model_config(model_dir, config, allow_config_change)
+  checkpoints.check_task_ids(model_dir, hyperprompt_tasks.task_id_map(mixture_or_task_name))
   if batch_size % num_microbatches:
     raise TrainingError(f'BATCH_SIZE={batch_size} is not divisible by num_microbatches='
                         f'{num_microbatches}.')
@@ -210,9 +311,17 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   if latest is not None:
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
-    state = store.restore(latest, abstract_state, iterator)
+    state, latest = store.restore_latest_readable(abstract_state, iterator)
     log.info('Resumed from %s at step %d.', model_dir, latest)
   start = int(state['step'])
+  # Every check has passed: the run's record.
+  checkpoints.check_task_ids(model_dir, hyperprompt_tasks.task_id_map(mixture_or_task_name),
+                             write=True)
+  gin_utils.write_config(model_dir)
+  if jax.process_index() == 0:
+    files.write_text_atomic(os.path.join(model_dir, MODEL_CONFIG_FILE),
+                            json.dumps(_config_record(config), indent=1, sort_keys=True))
+  saved_loss = jit_saved_loss(model, part, param_shardings, z_loss)
 
   metrics_log = MetricsLog(model_dir, start)
   # t5x's TensorBoard layout: MODEL_DIR/train/, MODEL_DIR/training_eval/ (periodic eval).
@@ -230,11 +339,21 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   clock = Clock(start, train_steps, report_every_seconds)
   best = {}
 
-  def save(step, score=None):
+  def save(step, batch, score=None):
+    """Saves the state after `step` unless its parameters already diverged: their loss on
+    the step's batch is checked first, so a saved checkpoint is always a good one."""
     nonlocal last_saved
-    if last_saved != step:
-      store.save(step, state, iterator, score)
-      last_saved = step
+    if last_saved == step:
+      return
+    with part.context():
+      loss = float(jax.device_get(saved_loss(state['params'], batch)))
+    if not np.isfinite(loss):
+      raise TrainingError(
+          f'The parameters after step {step} give loss {loss}: not saved. The last good '
+          f'checkpoint (step {last_saved}) is kept in {model_dir}. Lower the learning rate or '
+          'check the data, then rerun.')
+    store.save(step, state, iterator, score)
+    last_saved = step
 
   for step in range(start, train_steps):
     batch = part.shard_batch(next(iterator), batch_size)
@@ -278,13 +397,14 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       metrics_log.write(record)
       log.info('%s', evaluation.format_table(done, results))
     if done % save_every_steps == 0 or done == train_steps or preempted:
-      save(done, score)
+      save(done, batch, score)
     step_rate.exclude(step_rate.clock() - pause_began)
     if preempted:
-      log.warning('SIGTERM: saved step %d in %s; rerun the same command to continue.',
-                  done, model_dir)
+      name = signal.Signals(preemption.exit_status - 128).name
+      log.warning('%s: saved step %d in %s; rerun the same command to continue (exit status '
+                  '%d).', name, done, model_dir, preemption.exit_status)
       writer.flush()
-      sys.exit(0)
+      sys.exit(preemption.exit_status)
   if start >= train_steps:
     log.info('Nothing to do: %s is already at step %d of %d.', model_dir, start, train_steps)
   else:

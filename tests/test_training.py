@@ -110,7 +110,7 @@ def test_sigterm_saves_and_a_rerun_continues_with_identical_losses(tmp_path):
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err[-2000:]
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]  # saved, and not "finished"
   saved = _saved_steps(cut)
   assert len(saved) == 1 and 5 <= saved[0] < steps
   rerun = _cli('train', *args)  # the same command continues
@@ -142,9 +142,13 @@ def test_bad_configuration_fails_fast_with_one_line(tmp_path):
   proc = _demo(str(a_file), 2, check=False)
   assert 'is a file' in proc.stderr.strip().splitlines()[-1]
   _demo(run, 3)
+  config = (tmp_path / 'run' / 'config.gin').read_text()
   proc = _demo(run, 6, '--gin.network.HyperPromptConfig.mlp_dim=128', check=False)
   last = proc.stderr.strip().splitlines()[-1]
-  assert proc.returncode != 0 and 'does not fit this model' in last and 'MODEL_DIR' in last
+  assert proc.returncode != 0 and 'was started with another model: mlp_dim=256 (now 128)' in last
+  assert 'new MODEL_DIR' in last
+  # The failed rerun left the run's record as it was.
+  assert (tmp_path / 'run' / 'config.gin').read_text() == config
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
