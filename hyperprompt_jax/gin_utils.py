@@ -11,6 +11,7 @@ variant files serve our trainer and t5x's launcher.
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import logging
 import os
@@ -173,6 +174,39 @@ def parse_config(gin_files: List[str], bindings: List[str], search_paths: str = 
     raise ConfigError(f'gin configuration error: {first}') from None
 
 
+def _referenced_macros() -> set:
+  """Names of the macros some binding reads (%NAME), macros' own values included."""
+  found = set()
+
+  def walk(value):
+    if isinstance(value, gin.config.ConfigurableReference):
+      if value.configurable.name == 'macro':
+        found.add(value.scoped_selector.split('/')[0])
+    elif isinstance(value, (list, tuple, set)):
+      for item in value:
+        walk(item)
+    elif isinstance(value, dict):
+      for item in value.values():
+        walk(item)
+  for params in list(gin.config._CONFIG.values()):  # pylint: disable=protected-access
+    walk(params)
+  return found
+
+
+def check_bound_macros(bindings: Sequence[str]) -> None:
+  """A macro bound on the command line that no configuration reads is a misspelling
+  (--gin.TRAIN_STEP=5 would otherwise train the file's TRAIN_STEPS): one line naming the
+  closest macro the files do read."""
+  bound = [m.group(1) for b in bindings
+           for m in [re.match(r'\s*([A-Z][A-Z0-9_]*)\s*=', b)] if m]
+  read = _referenced_macros()
+  for name in bound:
+    if name not in read:
+      close = difflib.get_close_matches(name, sorted(read), n=1, cutoff=0.6)
+      hint = f'did you mean {close[0]}?' if close else f'the macros read are {", ".join(sorted(read))}.'
+      raise ConfigError(f'--gin.{name}: no configuration reads the macro {name}; {hint}')
+
+
 def check_required_macros() -> None:
   """A macro left at %gin.REQUIRED is reported by name (gin passes it on silently)."""
   missing = []
@@ -249,6 +283,7 @@ def run_main(fn, description: str, argv=None, prog: Optional[str] = None) -> Non
     initialize_distributed(args.coordinator_address, args.process_count, args.process_index)
     compile_cache.configure(args.compilation_cache_dir)
     parse_config(files, bindings, args.gin_search_paths)
+    check_bound_macros(bindings)
     check_required_macros()
     fn()
   except ConfigError as e:
@@ -263,6 +298,21 @@ def run_main(fn, description: str, argv=None, prog: Optional[str] = None) -> Non
       raise  # a programming error, or asked for: the full traceback
     sys.exit(f'error: {text.splitlines()[0] if text else type(e).__name__} '
              '(HYPERPROMPT_DEBUG=1 shows the traceback)')
+  except OSError as e:  # a file or folder that cannot be read or written
+    if os.environ.get('HYPERPROMPT_DEBUG'):
+      raise
+    what = f'{e.strerror}: {e.filename}' if e.filename else (str(e) or type(e).__name__)
+    sys.exit(f'error: {what}: check the path and its permissions (HYPERPROMPT_DEBUG=1 shows '
+             'the traceback)')
+  except Exception as e:  # pylint: disable=broad-except
+    # TensorFlow's file errors (tf.io.gfile on local paths and gs://) are ours to explain;
+    # anything else is a bug and keeps its traceback.
+    if type(e).__module__.startswith('tensorflow') and hasattr(e, 'error_code') and not (
+        os.environ.get('HYPERPROMPT_DEBUG')):
+      text = (getattr(e, 'message', '') or str(e)).strip().splitlines()
+      sys.exit(f'error: {text[0] if text else type(e).__name__}: check the path and its '
+               'permissions (HYPERPROMPT_DEBUG=1 shows the traceback)')
+    raise
 
 
 def _required_name(text: str) -> str:

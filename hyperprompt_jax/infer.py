@@ -15,7 +15,7 @@ import gin
 import seqio
 from tensorflow.io import gfile
 
-from hyperprompt_jax import checkpoints, evaluation, gin_utils, models
+from hyperprompt_jax import checkpoints, evaluation, files, gin_utils, models
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 from hyperprompt_tasks import task_table
@@ -29,12 +29,8 @@ def infer(*, model_dir: str = gin.REQUIRED, input_file: str = gin.REQUIRED,
           config: HyperPromptConfig = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUIRED,
           output_file: Optional[str] = None, step: Optional[int] = None,
           batch_size: int = 32) -> str:
-  with gfile.GFile(input_file) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  for i, row in enumerate(rows):
-    if 'task' not in row or 'inputs' not in row:
-      raise ValueError(f'{input_file} line {i + 1} needs "task" and "inputs" keys.')
-  task_ids = [task_table.task_id(r['task']) for r in rows]
+  model_dir, input_file = files.expand(model_dir), files.expand(input_file)
+  rows, task_ids = read_inputs(input_file)
   models.check_num_tasks(config, task_ids, input_file, trained=True)
   checkpoints.check_task_ids(model_dir, {_seqio_name(r['task']): tid
                                          for r, tid in zip(rows, task_ids)})
@@ -44,13 +40,39 @@ def infer(*, model_dir: str = gin.REQUIRED, input_file: str = gin.REQUIRED,
             for r in rows]
   outputs = evaluation.predict_tokens(model, params, tokens, task_ids, batch_size,
                                       task_feature_lengths['targets'],
-                                      task_feature_lengths['inputs'])
-  output_file = output_file or os.path.join(model_dir, 'inference.jsonl')
-  with gfile.GFile(output_file, 'w') as f:
-    for row, out in zip(rows, outputs):
-      f.write(json.dumps(dict(row, prediction=vocabulary.decode(out), step=step)) + '\n')
+                                      task_feature_lengths['inputs']) if rows else []
+  output_file = files.expand(output_file or os.path.join(model_dir, 'inference.jsonl'))
+  files.write_text_atomic(output_file, ''.join(
+      json.dumps(dict(row, prediction=vocabulary.decode(out), step=step)) + '\n'
+      for row, out in zip(rows, outputs)))  # an empty input: an empty file
   log.info('Wrote %d predictions to %s', len(rows), output_file)
   return output_file
+
+
+def read_inputs(input_file: str):
+  """(rows, task ids) of a JSON-lines input; each bad line is an error naming the file and
+  the line. An input without lines gives no rows (and an empty output)."""
+  rows, task_ids = [], []
+  with gfile.GFile(input_file) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f'{input_file} line {number}'
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{where} is not JSON ({e.msg}): write one object per line, e.g. '
+                         '{"task": "glue/rte", "inputs": "rte sentence1: ..."}.') from None
+      if not isinstance(row, dict) or not isinstance(row.get('task'), str) or not isinstance(
+          row.get('inputs'), str):
+        raise ValueError(f'{where} needs an object with "task" and "inputs" strings, got '
+                         f'{line.strip()[:80]}.')
+      try:
+        task_ids.append(task_table.task_id(row['task']))
+      except ValueError as e:
+        raise ValueError(f'{where}: {e}') from None
+      rows.append(row)
+  return rows, task_ids
 
 
 def _seqio_name(task: str) -> str:

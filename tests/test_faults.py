@@ -146,3 +146,21 @@ def test_resume_passes_over_an_unreadable_checkpoint_and_a_torn_metrics_line(tmp
   assert 'at step 2.' in proc.stderr and 'torn last line' in proc.stderr
   assert os.path.isdir(newest + '.unreadable')  # set aside, not deleted
   assert sorted(_train_losses(run)) == [1, 2, 3, 4, 5] and 5 in _saved_steps(run)
+
+
+def test_infer_inputs_name_the_file_and_line_of_each_bad_line(tmp_path):
+  from hyperprompt_jax import infer
+  path = tmp_path / 'in.jsonl'
+  path.write_text('')
+  assert infer.read_inputs(str(path)) == ([], [])
+  good = json.dumps({'task': 'demo/topic', 'inputs': 'review: the cafe .'})
+  cases = [('{"task": "demo/topic", "inputs": ', 'line 2 is not JSON'),
+           ('7', 'line 2 needs an object with "task" and "inputs" strings'),
+           ('{"task": "demo/nope", "inputs": "x"}', "line 2: Unknown task 'demo/nope'")]
+  for bad, expected in cases:
+    path.write_text(good + '\n' + bad + '\n')
+    with pytest.raises(ValueError, match=f'{path} {expected}'):
+      infer.read_inputs(str(path))
+  path.write_text(good + '\n\n' + good + '\n')
+  rows, ids = infer.read_inputs(str(path))
+  assert len(rows) == 2 and ids == [1, 1]

@@ -56,6 +56,24 @@ def test_unknown_configurable_and_unparseable_values_are_one_line_errors():
     _parse('--gin.train.train.not_a_setting=1')
 
 
+def test_a_misspelled_macro_is_an_error_naming_the_closest_one():
+  def check(*argv):
+    args, files, bindings = gin_utils.parse_flags(['--gin_file=runs/demo.gin', *argv], 'test')
+    gin.clear_config()
+    gin_utils.parse_config(files, bindings, args.gin_search_paths)
+    gin_utils.check_bound_macros(bindings)
+  check('--gin.MODEL_DIR=/tmp/run', '--gin.TRAIN_STEPS=5', '--gin_bindings=BATCH_SIZE = 3')
+  with pytest.raises(gin_utils.ConfigError,
+                     match='--gin.TRAIN_STEP: no configuration reads the macro TRAIN_STEP; did '
+                           'you mean TRAIN_STEPS?'):
+    check('--gin.MODEL_DIR=/tmp/run', '--gin.TRAIN_STEP=5')
+  with pytest.raises(gin_utils.ConfigError, match='did you mean INITIAL_CHECKPOINT_PATH?'):
+    check('--gin.INITIAL_CHECKPOINT=gs://b/ckpt')
+  with pytest.raises(gin_utils.ConfigError, match='no configuration reads the macro ZZZ; the '
+                                                  'macros read are BATCH_SIZE'):
+    check('--gin_bindings=ZZZ = 1')
+
+
 def test_written_config_parses_back_to_the_same_run(tmp_path):
   _parse('--gin.MODEL_DIR=/tmp/run', '--gin.BATCH_SIZE=4',
          '--gin.network.HyperPromptConfig.variant=mtl')
