@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 from typing import Any, Dict
 
 import numpy as np
@@ -100,12 +101,25 @@ def hf_to_params(state_dict: Dict[str, np.ndarray], cfg: HyperPromptConfig) -> D
 
 
 def params_to_hf(params: Dict[str, Any], cfg: HyperPromptConfig) -> Dict[str, np.ndarray]:
-  """Our 'params' tree -> a Hugging Face T5 state dict (numpy, float32)."""
+  """Our 'params' tree -> a Hugging Face T5 state dict (numpy, float32). Every array must have
+  the shape `cfg` (from the target config.json) gives it: weights never go out under a
+  config.json of another size."""
+  from hyperprompt_jax import models  # pylint: disable=import-outside-toplevel
+  from hyperprompt_jax.network import Transformer  # pylint: disable=import-outside-toplevel
+  expected = models.init_variables_abstract(Transformer(cfg))['params']
   out = {}
   for hf, ours, transpose in _pairs(cfg):
-    node = params
+    node, want = params, expected
     for p in ours.split('/'):
-      node = node[p]
+      if p not in node:
+        raise ValueError(f'the checkpoint has no {ours}, which the config.json\'s model has '
+                         f'({hf}): pass the config.json of the model it was trained from.')
+      node, want = node[p], want[p]
+    if tuple(np.shape(node)) != tuple(want.shape):
+      raise ValueError(f'the checkpoint\'s {ours} is {tuple(np.shape(node))} but the '
+                       f'config.json gives {tuple(want.shape)}: pass the config.json of the model '
+                       'it was trained from (d_model, d_ff, num_heads, d_kv, num_layers, '
+                       'vocab_size).')
     value = np.asarray(node, np.float32)
     out[hf] = np.ascontiguousarray(value.T if transpose else value)
   out['encoder.embed_tokens.weight'] = out['shared.weight'].copy()
@@ -131,6 +145,18 @@ def read_hf_dir(hf_dir: str):
 
 
 def main(argv=None):
+  """The command; a missing folder or file, or a config.json that does not match the
+  checkpoint, is one `error:` line."""
+  try:
+    _main(argv)
+  except (OSError, ValueError) as e:
+    if os.environ.get('HYPERPROMPT_DEBUG'):
+      raise
+    text = f'{e.strerror}: {e.filename}' if isinstance(e, OSError) and e.filename else str(e)
+    sys.exit(f'error: {text.strip().splitlines()[0]}')
+
+
+def _main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest='command', required=True)
   to_ours = sub.add_parser('to-ours')

@@ -66,3 +66,15 @@ def test_command_line_round_trip(tmp_path):
   reloaded = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / 'back').eval()
   for name, value in model.state_dict().items():
     np.testing.assert_array_equal(reloaded.state_dict()[name].numpy(), value.numpy(), err_msg=name)
+  # A config.json of another size is refused, naming the array; a missing folder is one line.
+  other = _hf_model('t5.1.1')
+  other.config.d_model = 64
+  other.config.save_pretrained(tmp_path / 'other')
+  with pytest.raises(SystemExit, match=r"error: the checkpoint's .* is \(96, 32\) but the "
+                                       r'config.json gives \(96, 64\)'):
+    hf_convert.main(['to-hf', '--checkpoint', str(tmp_path / 'ours'), '--hf_dir',
+                     str(tmp_path / 'other'), '--output', str(tmp_path / 'bad')])
+  assert not (tmp_path / 'bad' / 'model.safetensors').exists()
+  with pytest.raises(SystemExit, match='error: No such file or directory: .*nowhere'):
+    hf_convert.main(['to-ours', '--hf_dir', str(tmp_path / 'nowhere'), '--output',
+                     str(tmp_path / 'x')])
