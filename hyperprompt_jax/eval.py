@@ -13,9 +13,10 @@ import os
 from typing import Dict, Optional
 
 import gin
+from tensorflow.io import gfile
 
 import hyperprompt_tasks
-from hyperprompt_jax import checkpoints, evaluation, gin_utils, models
+from hyperprompt_jax import checkpoints, evaluation, files, gin_utils, models
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
@@ -28,15 +29,28 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
              config: HyperPromptConfig = gin.REQUIRED, step: Optional[int] = None,
              output_dir: Optional[str] = None, split: str = 'validation', batch_size: int = 64,
              max_examples: Optional[int] = None, all_steps: bool = False) -> Dict:
-  """Evaluates the latest (or given, or with all_steps every) saved step."""
+  """Evaluates the latest (or given, or with all_steps every) saved step. Nothing is
+  written before the run's checkpoints and tasks have been checked."""
+  model_dir = files.expand(model_dir)
+  if not gfile.isdir(model_dir):
+    raise checkpoints.CheckpointError(f'MODEL_DIR {model_dir} does not exist: point it at a '
+                                      'run folder (one that holds checkpoint_<step>).')
   checkpoints.check_task_ids(model_dir, hyperprompt_tasks.task_id_map(mixture_or_task_name))
   models.check_num_tasks(config, hyperprompt_tasks.task_ids_of(mixture_or_task_name),
                          mixture_or_task_name, trained=True)
-  model = Transformer(config)
-  output = evaluation.EvalOutput(output_dir or os.path.join(model_dir, 'inference_eval'),
-                                 model_dir)
   store = checkpoints.CheckpointStore(model_dir, read_only=True)
-  steps = store.all_steps() if all_steps and step is None else [step]
+  saved = store.all_steps()
+  if not saved:
+    raise checkpoints.CheckpointError(f'No checkpoint in {model_dir}: train first or point '
+                                      'MODEL_DIR at a run.')
+  if step is not None and step not in saved:
+    raise checkpoints.CheckpointError(f'Step {step} is not saved in {model_dir}; saved steps: '
+                                      f'{saved}.')
+  steps = saved if all_steps and step is None else [step]
+  model = Transformer(config)
+  output = evaluation.EvalOutput(files.expand(output_dir or os.path.join(model_dir,
+                                                                         'inference_eval')),
+                                 model_dir)
   records = {}
   for s in steps:
     params, s = checkpoints.restore_params(model, model_dir, s)

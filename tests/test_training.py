@@ -137,6 +137,10 @@ def test_bad_configuration_fails_fast_with_one_line(tmp_path):
     assert proc.returncode != 0 and expected in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
   proc = _cli('train', '--gin_file=runs/demo.gin', check=False)
   assert proc.returncode != 0 and 'MODEL_DIR' in proc.stderr.strip().splitlines()[-1]
+  missing = tmp_path / 'missing'
+  proc = _cli('eval', '--gin_file=runs/eval_demo.gin', f'--gin.MODEL_DIR={missing}', check=False)
+  assert proc.returncode != 0 and 'does not exist' in proc.stderr.strip().splitlines()[-1]
+  assert not missing.exists()  # nothing was written there
   a_file = tmp_path / 'file'
   a_file.write_text('x')
   proc = _demo(str(a_file), 2, check=False)
