@@ -10,3 +10,9 @@ checkpoints -> models -> network -> hypernetworks, layers. Command lines:
 """
 
 __version__ = '0.1.0'
+
+import sys as _sys
+
+if _sys.argv[:1] == ['-m']:  # a command is starting (python -m hyperprompt_jax.<command>):
+  from hyperprompt_jax import console as _console  # other libraries' output to a log file,
+  _console.quiet()  # before TensorFlow and jax are imported

@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 
 import gin
 
-from hyperprompt_jax import compile_cache
+from hyperprompt_jax import compile_cache, console
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import CONDITIONING_PARAMS_REGEX
 
@@ -274,10 +274,20 @@ def run_command(module: str, function: str, description: str, argv=None, show=No
   run_main(call, description, argv, prog=f'python -m {module}')
 
 
+def _fail(message: str, traceback_hint: bool = True) -> None:
+  """Exits with one `error:` line (naming the other libraries' log, kept, when there is one)."""
+  notes = ['HYPERPROMPT_DEBUG=1 shows the traceback'] if traceback_hint else []
+  kept = console.keep()
+  if kept:
+    notes.append(f"other libraries' messages: {kept}")
+  sys.exit(f'error: {message}' + (f' ({"; ".join(notes)})' if notes else ''))
+
+
 def run_main(fn, description: str, argv=None, prog: Optional[str] = None) -> None:
   """Parses flags and config, runs `fn()`, and turns configuration errors into one line."""
   setup_logging()
   argv = sys.argv[1:] if argv is None else argv
+  debug = os.environ.get('HYPERPROMPT_DEBUG')
   try:
     args, files, bindings = parse_flags(argv, description, prog)
     initialize_distributed(args.coordinator_address, args.process_count, args.process_index)
@@ -287,31 +297,27 @@ def run_main(fn, description: str, argv=None, prog: Optional[str] = None) -> Non
     check_required_macros()
     fn()
   except ConfigError as e:
-    sys.exit(f'error: {e}')
+    _fail(str(e), traceback_hint=False)
   except (ValueError, RuntimeError, TypeError) as e:
     text = str(e).strip()
     if 'Required bindings' in text:  # a configurable argument left unbound
       missing = _required_name(text)
-      sys.exit(f'error: required gin binding {missing} is missing: pass --gin.{missing}=... '
-               'or a gin file that sets it.')
-    if isinstance(e, TypeError) or os.environ.get('HYPERPROMPT_DEBUG'):
+      _fail(f'required gin binding {missing} is missing: pass --gin.{missing}=... or a gin '
+            'file that sets it.', traceback_hint=False)
+    if isinstance(e, TypeError) or debug:
       raise  # a programming error, or asked for: the full traceback
-    sys.exit(f'error: {text.splitlines()[0] if text else type(e).__name__} '
-             '(HYPERPROMPT_DEBUG=1 shows the traceback)')
+    _fail(text.splitlines()[0] if text else type(e).__name__)
   except OSError as e:  # a file or folder that cannot be read or written
-    if os.environ.get('HYPERPROMPT_DEBUG'):
+    if debug:
       raise
     what = f'{e.strerror}: {e.filename}' if e.filename else (str(e) or type(e).__name__)
-    sys.exit(f'error: {what}: check the path and its permissions (HYPERPROMPT_DEBUG=1 shows '
-             'the traceback)')
+    _fail(f'{what}: check the path and its permissions')
   except Exception as e:  # pylint: disable=broad-except
     # TensorFlow's file errors (tf.io.gfile on local paths and gs://) are ours to explain;
     # anything else is a bug and keeps its traceback.
-    if type(e).__module__.startswith('tensorflow') and hasattr(e, 'error_code') and not (
-        os.environ.get('HYPERPROMPT_DEBUG')):
+    if type(e).__module__.startswith('tensorflow') and hasattr(e, 'error_code') and not debug:
       text = (getattr(e, 'message', '') or str(e)).strip().splitlines()
-      sys.exit(f'error: {text[0] if text else type(e).__name__}: check the path and its '
-               'permissions (HYPERPROMPT_DEBUG=1 shows the traceback)')
+      _fail(f'{text[0] if text else type(e).__name__}: check the path and its permissions')
     raise
 
 

@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 from tensorflow.io import gfile
 
 import hyperprompt_tasks
-from hyperprompt_jax import (checkpoints, compile_cache, evaluation, files, gin_utils,
+from hyperprompt_jax import (checkpoints, compile_cache, console, evaluation, files, gin_utils,
                              input_pipeline, models, partitioning, run_lock, trainer)
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
@@ -244,6 +244,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   prepare_model_dir(model_dir)
   if jax.process_index() == 0:
     run_lock.RunLock(model_dir).acquire()
+  console.keep_in(os.path.join(model_dir, 'logs', f'train_{jax.process_index()}.log'))
   check_model_config(model_dir, config, allow_config_change)
   checkpoints.check_task_ids(model_dir, hyperprompt_tasks.task_id_map(mixture_or_task_name))
   if batch_size % num_microbatches:
@@ -473,10 +474,12 @@ class Clock:
       return
     self.last = now
     first_step, first_time = self.first
+    if step == first_step:  # nothing timed yet: no rate, no ETA
+      log.info('step %d/%d  loss %.4f', step, self.train_steps, loss)
+      return
     rate = (step - first_step) / max(now - first_time, 1e-9)
-    eta = _duration((self.train_steps - step) / rate) if rate > 0 else '-'
     log.info('step %d/%d  loss %.4f  %.1f steps/s  ETA %s', step, self.train_steps, loss, rate,
-             eta)
+             _duration((self.train_steps - step) / rate))
 
   def summary(self, step: int, batch_size: int, record: Dict, best: Dict) -> str:
     wall = time.time() - self.began

@@ -3,6 +3,7 @@ preemption and resume, atomic checkpoints, NaN stop, and bad configuration."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -51,7 +52,14 @@ def _demo(model_dir, steps, *extra, devices=1, check=True):
 
 def test_demo_trains_checkpoints_restores_evaluates_and_infers(tmp_path):
   run = str(tmp_path / 'run')
-  _demo(run, 6)
+  proc = _demo(run, 6)
+  # A quiet console: every line is ours (other libraries' notices are in MODEL_DIR/logs).
+  lines = proc.stderr.strip().splitlines()
+  assert lines and all(re.match(r'\d\d:\d\d:\d\d hyperprompt: ', l) for l in lines
+                       if not l.startswith('  best ') and 'average of the best' not in l), lines
+  assert not any('ETA' in l for l in lines if 'step 1/' in l)  # no ETA before it is timed
+  with open(os.path.join(run, 'logs', 'train_0.log')) as f:
+    assert 'uncached FunctionDataset' in f.read()  # seqio's notice went to the log file
   losses = _train_losses(run)
   assert sorted(losses) == [1, 2, 3, 4, 5, 6]
   assert all(np.isfinite(list(losses.values())))
