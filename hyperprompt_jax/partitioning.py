@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from flax import traverse_util
 from flax.core import unfreeze
 from flax.linen import partitioning as nn_partitioning
@@ -21,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 Rules = List[Tuple[str, Optional[str]]]
 
-T5_AXIS_RULES: Rules = [
+T5_AXIS_RULES: Rules = [  # t5x's 1-D rules (parameter and activation partitioning dims 1)
     ('batch', 'data'),
     ('vocab', 'model'),
     ('embed', None),
@@ -29,13 +30,9 @@ T5_AXIS_RULES: Rules = [
     ('heads', 'model'),
     ('kv', None),
     ('joined_kv', 'model'),
-    ('relpos_buckets', None),
-    ('abspos_buckets', None),
-    ('length', None),
-    ('layers', None),
-    ('stack', None),
-    ('mlp_activations', None),
 ]
+REPLICATED_T5_AXES = ('relpos_buckets', 'abspos_buckets', 'length', 'layers', 'stack',
+                      'mlp_activations')
 
 HYPERPROMPT_AXIS_RULES: Rules = [
     ('tasks', None),             # task table
@@ -62,35 +59,44 @@ ADAFACTOR_FACTOR_RULES = {
 
 def logical_axis_rules(parameter_partitioning_dims: int = 1,
                        activation_partitioning_dims: int = 1) -> Rules:
-  """Every logical axis the network uses, mapped to mesh axes 'data' and 'model'.
+  """Every logical axis the network uses, mapped to mesh axes 'data' and 'model', in the
+  order of t5x's `standard_logical_axis_rules` (order is priority: flax gives a mesh axis to
+  the first rule that asks for it).
 
-  As in t5x: with `parameter_partitioning_dims=2` 'embed' may also map to 'data', so each
-  parameter (and its optimizer state) is split over the whole mesh; activations keep 'data'
-  for their batch axis, which takes precedence, so only parameters pick it up. With
-  `activation_partitioning_dims=2` activations' 'embed' maps to 'model' too.
+  1-D (the default): 'embed' is replicated. With 2-D, 'embed' comes after every other
+  sharded axis: `activation_partitioning_dims=2` maps it to 'model' (so an [embed, mlp]
+  kernel keeps 'model' for 'mlp' and activations' 'embed' gets it), and
+  `parameter_partitioning_dims=2` to 'data' (after 'batch', so only parameters and their
+  optimizer state pick it up: each is split over the whole mesh).
   """
   for name, dims in (('parameter_partitioning_dims', parameter_partitioning_dims),
                      ('activation_partitioning_dims', activation_partitioning_dims)):
     if dims not in (1, 2):
       raise ValueError(f'{name}={dims}: choose 1 (t5x default) or 2.')
-  embed: Rules = []
-  if activation_partitioning_dims == 2:
-    embed.append(('embed', 'model'))
-  if parameter_partitioning_dims == 2:
-    embed.append(('embed', 'data'))
-  rules: Rules = []
-  for rule in T5_AXIS_RULES:  # order matters: 'batch' claims 'data' before 'embed' does
-    rules.extend(embed if embed and rule[0] == 'embed' else [rule])
-  return rules + HYPERPROMPT_AXIS_RULES
+  if (parameter_partitioning_dims, activation_partitioning_dims) == (1, 1):
+    rules = list(T5_AXIS_RULES)
+  else:
+    rules = [rule for rule in T5_AXIS_RULES if rule[0] != 'embed']
+    if activation_partitioning_dims == 2:
+      rules.append(('embed', 'model'))
+    if parameter_partitioning_dims == 2:
+      rules.append(('embed', 'data'))
+  return rules + [(axis, None) for axis in REPLICATED_T5_AXES] + HYPERPROMPT_AXIS_RULES
 
 
 def create_mesh(num_partitions: int = 1, devices: Optional[Sequence] = None) -> jax.sharding.Mesh:
-  """A ('data', 'model') mesh with `num_partitions` devices along 'model'."""
+  """A ('data', 'model') mesh with `num_partitions` devices along 'model', laid out by jax's
+  `mesh_utils.create_device_mesh` (as t5x does), so that on a TPU slice a model-parallel
+  group sits on neighbouring chips of the interconnect; elsewhere it is the devices in order."""
   devices = list(devices if devices is not None else jax.devices())
   if num_partitions < 1 or len(devices) % num_partitions:
     raise ValueError(f'NUM_PARTITIONS={num_partitions} must divide the {len(devices)} devices; '
                      f'choose one of {[k for k in range(1, len(devices) + 1) if len(devices) % k == 0]}.')
-  grid = np.asarray(devices).reshape(len(devices) // num_partitions, num_partitions)
+  shape = (len(devices) // num_partitions, num_partitions)
+  try:
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  except (ValueError, NotImplementedError, AssertionError):  # a shape the topology has no tile for
+    grid = np.asarray(devices).reshape(shape)
   return jax.sharding.Mesh(grid, ('data', 'model'))
 
 

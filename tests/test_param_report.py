@@ -93,7 +93,8 @@ def test_every_logical_axis_has_a_sharding_rule_and_a_factor_rule(layout):
   assert jax.tree.structure(params) == jax.tree.structure(specs, is_leaf=is_spec)
   for dims in (1, 2):
     known = {name for name, _ in partitioning.logical_axis_rules(dims)}
-    t5_axes = {name for name, _ in partitioning.T5_AXIS_RULES}
+    t5_axes = {name for name, _ in partitioning.T5_AXIS_RULES} | set(
+        partitioning.REPLICATED_T5_AXES)
     for spec, p in zip(jax.tree.leaves(specs, is_leaf=is_spec), jax.tree.leaves(params)):
       assert len(spec) == len(p.shape), spec
       assert set(spec) <= known, spec  # a sharding rule for every axis
