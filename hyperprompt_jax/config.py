@@ -93,6 +93,11 @@ class HyperPromptConfig:
       if getattr(self, name) not in choices:
         raise ValueError(f'Unknown {name} {getattr(self, name)!r}: choose one of '
                          f'{", ".join(choices)}.')
+    try:
+      jnp.dtype(self.dtype)
+    except TypeError:
+      raise ValueError(f'HyperPromptConfig.dtype {self.dtype!r} is not a dtype: use '
+                       "'float32' or 'bfloat16'.") from None
     object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
     for name in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'num_tasks',
                  'prompt_length', 'hyper_bottleneck', 'task_embedding_dim',

@@ -200,6 +200,12 @@ def check_bound_macros(bindings: Sequence[str]) -> None:
   bound = [m.group(1) for b in bindings
            for m in [re.match(r'\s*([A-Z][A-Z0-9_]*)\s*=', b)] if m]
   read = _referenced_macros()
+  defined = set(_macro_names())
+  for name in sorted(read - defined):
+    close = difflib.get_close_matches(name, sorted(defined), n=1, cutoff=0.6)
+    hint = f' (did you mean %{close[0]}?)' if close else ''
+    raise ConfigError(f'%{name} is read but no file or flag defines the macro {name}{hint}: '
+                      f'pass --gin.{name}=... or fix the reference.')
   for name in bound:
     if name not in read:
       close = difflib.get_close_matches(name, sorted(read), n=1, cutoff=0.6)
@@ -276,6 +282,7 @@ def run_command(module: str, function: str, description: str, argv=None, show=No
 
 def _fail(message: str, traceback_hint: bool = True) -> None:
   """Exits with one `error:` line (naming the other libraries' log, kept, when there is one)."""
+  message = (message.strip().splitlines() or ['error'])[0]  # gin adds "In call to ..." lines
   notes = ['HYPERPROMPT_DEBUG=1 shows the traceback'] if traceback_hint else []
   kept = console.keep()
   if kept:

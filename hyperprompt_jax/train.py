@@ -349,10 +349,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     with part.context():
       loss = float(jax.device_get(saved_loss(state['params'], batch)))
     if not np.isfinite(loss):
+      kept = (f'The last good checkpoint (step {last_saved}) is kept in {model_dir}'
+              if last_saved is not None else 'No checkpoint of this run was saved yet')
       raise TrainingError(
-          f'The parameters after step {step} give loss {loss}: not saved. The last good '
-          f'checkpoint (step {last_saved}) is kept in {model_dir}. Lower the learning rate or '
-          'check the data, then rerun.')
+          f'The parameters after step {step} give loss {loss}: not saved. {kept}. Lower the '
+          'learning rate or check the data, then rerun.')
     store.save(step, state, iterator, score)
     last_saved = step
 
@@ -372,9 +373,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       metrics = jax.device_get(metrics)
       loss = float(metrics['loss'])
       if not np.isfinite(loss):
-        raise TrainingError(f'Loss is {loss} at step {done}: training stopped; the last good '
-                            f'checkpoint (step {last_saved}) is kept in {model_dir}. Lower the '
-                            'learning rate or check the data.')
+        kept = (f'the last good checkpoint (step {last_saved}) is kept in {model_dir}'
+                if last_saved is not None else 'no checkpoint of this run was saved yet')
+        raise TrainingError(f'Loss is {loss} at step {done}: training stopped; {kept}. Lower '
+                            'the learning rate or check the data.')
       if done % log_every_steps == 0 or done == train_steps:
         record = {'step': done, 'loss': loss, 'learning_rate': learning_rate,
                   'steps_per_second': step_rate.since_last(done)}

@@ -156,6 +156,10 @@ def main(argv=None):
   args = parser.parse_args(argv[:argv.index('--')] if '--' in argv else argv)
   if not run:
     parser.error('give the command to run on every worker after `--`.')
+  try:
+    parse_accelerator(args.accelerator)
+  except ValueError as e:
+    parser.error(str(e))
   if not re.fullmatch(r'\d+\.\d+\.\d+', args.jax_version):
     parser.error(f'--jax_version {args.jax_version!r}: write a release such as 0.10.2.')
   for item in args.env:

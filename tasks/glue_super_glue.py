@@ -49,7 +49,7 @@ class PreparedTfdsSource(seqio.TfdsDataSource):
   """A TFDS source that fails at once, naming the fix, when the dataset is not prepared
   locally (instead of minutes of download retries without network)."""
 
-  def get_dataset(self, split, *args, **kwargs):
+  def _check_prepared(self):
     if not _is_tfds_mocked():
       builder = tfds.builder(self.tfds_dataset.name, data_dir=self.tfds_dataset.data_dir)
       if not builder.is_prepared():
@@ -57,7 +57,15 @@ class PreparedTfdsSource(seqio.TfdsDataSource):
             f'TFDS dataset {self.tfds_dataset.name} is not prepared in {builder.data_dir}: run '
             f'`tfds build {self.tfds_dataset.name.split(":")[0]}` on a machine with network '
             '(or copy the prepared data there, or set TFDS_DATA_DIR to it).')
+
+  def get_dataset(self, split, *args, **kwargs):
+    self._check_prepared()
     return super().get_dataset(split, *args, **kwargs)
+
+  def list_shards(self, split):
+    """(seqio asks for the shards first when the input is sharded over processes.)"""
+    self._check_prepared()
+    return super().list_shards(split)
 
   def num_input_examples(self, split):
     """The split's size when TFDS knows it; None for mock or unprepared data."""

@@ -72,6 +72,10 @@ def test_a_misspelled_macro_is_an_error_naming_the_closest_one():
   with pytest.raises(gin_utils.ConfigError, match='no configuration reads the macro ZZZ; the '
                                                   'macros read are BATCH_SIZE'):
     check('--gin_bindings=ZZZ = 1')
+  with pytest.raises(gin_utils.ConfigError, match=r'%TRAIN_STEP is read but no file or flag '
+                                                  r'defines the macro TRAIN_STEP \(did you mean '
+                                                  r'%TRAIN_STEPS\?\)'):
+    check('--gin.MODEL_DIR=/tmp/run', '--gin.EVAL_EVERY_STEPS=%TRAIN_STEP')
 
 
 def test_written_config_parses_back_to_the_same_run(tmp_path):

@@ -316,6 +316,8 @@ def test_config_rejects_bad_values():
     tiny_config('hyper')
   with pytest.raises(ValueError, match='num_tasks must be a positive integer'):
     tiny_config('global', num_tasks=0)
+  with pytest.raises(ValueError, match="dtype 'float42' is not a dtype"):
+    tiny_config('global', dtype='float42')
 
 
 def test_bfloat16_compute_keeps_float32_params():

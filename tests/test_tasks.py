@@ -348,6 +348,10 @@ def test_unknown_names_and_unprepared_datasets_fail_fast(tmp_path, monkeypatch):
   start = time.time()
   with pytest.raises(RuntimeError, match='is not prepared'):
     task.get_dataset(LENGTHS, split='validation', use_cached=False)
+  # Input sharded over processes: seqio lists the shards first.
+  with pytest.raises(RuntimeError, match='is not prepared.*tfds build glue'):
+    task.get_dataset(LENGTHS, split='train', use_cached=False,
+                     shard_info=seqio.ShardInfo(index=0, num_shards=2))
   assert time.time() - start < 20
 
 
