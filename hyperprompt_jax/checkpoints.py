@@ -141,12 +141,12 @@ class CheckpointStore:
     state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
     if iterator is not None:
       try:
-        found = iterator.restore(self.input_dir, step)
+        restarts = iterator.restore(self.input_dir, step)
       except Exception as e:  # pylint: disable=broad-except  (tf raises several kinds)
         raise CheckpointError(f'the input position of step {step} cannot be read '
                               f'({_first_line(e)})') from e
-      if not found:
-        log.warning('No saved input position for step %d: the input restarts.', step)
+      if restarts:
+        log.warning('The input restarts from its beginning at step %d: %s.', step, restarts)
     return state
 
   def restore_latest_readable(self, abstract_state, iterator=None):

@@ -162,16 +162,21 @@ class Partitioner:
       return self.replicated
     return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
 
-  def process_rows(self, batch_size: int) -> Tuple[Tuple[int, int], int]:
-    """Rows [start, stop) of the global batch that this process's devices hold, and how
-    many distinct row blocks the processes hold (processes that share a data-parallel slice,
-    because the 'model' axis spans them, hold the same rows)."""
+  def rows_of_processes(self, batch_size: int) -> Dict[int, Tuple[int, int]]:
+    """{process: rows [start, stop) of the global batch its devices hold}."""
     index_map = self.batch_sharding(1).devices_indices_map((batch_size,))
     blocks = {}
     for device, (rows,) in index_map.items():
       start, stop, _ = rows.indices(batch_size)
       lo, hi = blocks.get(device.process_index, (start, stop))
       blocks[device.process_index] = (min(lo, start), max(hi, stop))
+    return blocks
+
+  def process_rows(self, batch_size: int) -> Tuple[Tuple[int, int], int]:
+    """Rows [start, stop) of the global batch that this process's devices hold, and how
+    many distinct row blocks the processes hold (processes that share a data-parallel slice,
+    because the 'model' axis spans them, hold the same rows)."""
+    blocks = self.rows_of_processes(batch_size)
     return blocks[jax.process_index()], len(set(blocks.values()))
 
   def shard_batch(self, batch: Dict[str, np.ndarray], batch_size: int):

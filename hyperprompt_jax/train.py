@@ -302,13 +302,19 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   opt_state = jax.jit(optimizer.init, out_shardings=state_shardings['opt_state'])(params)
   state = {'step': jnp.asarray(start, jnp.int32), 'params': params, 'opt_state': opt_state}
 
-  rows, row_blocks = part.process_rows(batch_size)
-  shards = input_pipeline.shards_for_rows(rows, batch_size, input_shards or row_blocks)
-  ds = input_pipeline.train_dataset(mixture_or_task_name, task_feature_lengths, batch_size,
-                                    data_seed, pack=pack, max_segments=max_segments,
-                                    use_cached=use_cached_tasks,
-                                    num_shards=input_shards or row_blocks, shard_indices=shards)
-  iterator = input_pipeline.CheckpointableIterator(ds)
+  _, row_blocks = part.process_rows(batch_size)
+  num_shards = input_shards or row_blocks
+  shards_of = {p: input_pipeline.shards_for_rows(r, batch_size, num_shards)
+               for p, r in part.rows_of_processes(batch_size).items()}
+  shards = shards_of[jax.process_index()]
+  writer = {i: min(p for p, s in shards_of.items() if i in s) for i in range(num_shards)}
+  datasets = input_pipeline.train_datasets(
+      mixture_or_task_name, task_feature_lengths, batch_size, data_seed, pack=pack,
+      max_segments=max_segments, use_cached=use_cached_tasks, num_shards=num_shards,
+      shard_indices=shards)
+  iterator = input_pipeline.ShardedInput(
+      datasets, num_shards, batch_size,
+      writes=[i for i in shards if writer[i] == jax.process_index()])
   if latest is not None:
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)

@@ -75,13 +75,27 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, partitions):
   _two('train', *args, f'--gin.MODEL_DIR={two}', '--gin.TRAIN_STEPS=4')
   _assert_same_losses(one, two, 4)
   assert _saved_steps(two) == [3, 4]
+  # Each input shard's position once (by the first process that reads it), and the layout.
   assert sorted(os.listdir(os.path.join(two, 'input_state', 'step_4'))) == [
-      'host_0.data-00000-of-00001', 'host_0.index', 'host_1.data-00000-of-00001',
-      'host_1.index']
+      'layout.json', 'shard_0.data-00000-of-00001', 'shard_0.index',
+      'shard_1.data-00000-of-00001', 'shard_1.index']
   with open(os.path.join(two, 'metrics.jsonl')) as f:  # written once, by process 0
     assert [json.loads(line)['step'] for line in f] == [1, 2, 3, 4]
   if partitions == 2:
-    return  # resuming data-parallel processes: the SIGTERM test below
+    # Data parallel over processes, resumed in one process: the same batches, exactly,
+    # since input_shards fixes the layout; another layout says the input restarts.
+    _one('train', *args, f'--gin.MODEL_DIR={one}', '--gin.TRAIN_STEPS=6')
+    _one('train', *args, f'--gin.MODEL_DIR={two}', '--gin.TRAIN_STEPS=6')
+    _assert_same_losses(one, two, 6)
+    out = subprocess.run([sys.executable, '-m', 'hyperprompt_jax.train', *args,
+                          f'--gin.MODEL_DIR={two}', '--gin.TRAIN_STEPS=7',
+                          '--gin.train.train.input_shards=4'], env=_env(8), cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ('The input restarts from its beginning at step 6: it was saved as 2 shard(s) of '
+            'a 16-row batch and this run reads 4 of 16 (bind train.train.input_shards=2'
+            in out.stderr), out.stderr[-2000:]
+    return  # resuming data-parallel processes in two: the SIGTERM test below
   _one('train', *args, f'--gin.MODEL_DIR={one}', '--gin.TRAIN_STEPS=6')  # resume
   _two('train', *args, f'--gin.MODEL_DIR={two}', '--gin.TRAIN_STEPS=6')
   _assert_same_losses(one, two, 6)
