@@ -1,9 +1,10 @@
 """One trainer per MODEL_DIR: MODEL_DIR/.lock names its holder (host, pid) and carries a
-heartbeat refreshed every minute while the run lives.
+heartbeat refreshed every 30 seconds while the run lives.
 
 A second trainer on the same directory stops with one line naming the holder. A lock left
 by a run that died is taken over: at once when its process is gone from this host, and
-after STALE_SECONDS without a heartbeat when it was another host's (a preempted TPU VM).
+otherwise after STALE_SECONDS without a heartbeat (another host's, such as a preempted TPU
+VM's, or a process id that a new process reuses).
 Written by process 0 only; gs:// works (object stores have no atomic create, so two starts
 in the same instant there are not told apart).
 """
@@ -24,8 +25,8 @@ from hyperprompt_jax import files
 log = logging.getLogger('hyperprompt_jax')
 
 LOCK_FILE = '.lock'
-HEARTBEAT_SECONDS = 60.0
-STALE_SECONDS = 600.0
+HEARTBEAT_SECONDS = 30.0
+STALE_SECONDS = 180.0
 
 
 class LockedError(RuntimeError):
@@ -72,8 +73,8 @@ class RunLock:
     if same_host and not _alive(int(holder.get('pid', -1))):
       return f'process {holder.get("pid")} is gone'
     age = self.clock() - float(holder.get('heartbeat', 0))
-    if not same_host and age > STALE_SECONDS:
-      return f'no heartbeat from {holder.get("host")} for {age / 60:.0f} minutes'
+    if age > STALE_SECONDS:
+      return f'no heartbeat from {holder.get("host")} for {age / 60:.1f} minutes'
     return None
 
   def acquire(self) -> None:
@@ -84,7 +85,8 @@ class RunLock:
         raise LockedError(
             f'{os.path.dirname(self.path)} is in use by another trainer (host '
             f'{holder.get("host")}, pid {holder.get("pid")}, since {holder.get("started")}): '
-            f'wait for it, stop it, or use another MODEL_DIR (if that run is gone, delete '
+            f'wait for it, stop it, or use another MODEL_DIR (a lock without a heartbeat for '
+            f'{STALE_SECONDS / 60:.0f} minutes is taken over; if that run is gone, delete '
             f'{self.path}).')
       if holder.get('pid') != self.me['pid']:
         log.warning('Taking over %s (%s).', self.path, reason)

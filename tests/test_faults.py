@@ -84,6 +84,14 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_refused(tmp_path):
   now[0] = 900.0 + run_lock.STALE_SECONDS + 1
   lock.acquire()  # another host, no heartbeat for longer than STALE_SECONDS
   lock.release()
+  # This host, a live process (a reused pid?): refused while its heartbeat is fresh only.
+  alive = {'host': socket.gethostname(), 'pid': os.getppid(), 'heartbeat': now[0] - 5}
+  path.write_text(json.dumps(alive))
+  with pytest.raises(run_lock.LockedError, match=f'pid {os.getppid()}'):
+    lock.acquire()
+  path.write_text(json.dumps(dict(alive, heartbeat=now[0] - run_lock.STALE_SECONDS - 1)))
+  lock.acquire()
+  lock.release()
 
 
 # ---- the train command -----------------------------------------------------------------------
