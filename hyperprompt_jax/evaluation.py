@@ -8,7 +8,7 @@ each task's best checkpoint (best.json)."""
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -34,13 +34,20 @@ class DecodingError(ValueError):
   """Decoding gave no prediction (non-finite logits); the message names the likely cause."""
 
 
-def predict_tokens(model, params, inputs, task_ids, batch_size, max_length, input_length):
+class Interrupted(Exception):
+  """`should_stop` said so between two decoded batches (a preemption during evaluation)."""
+
+
+def predict_tokens(model, params, inputs, task_ids, batch_size, max_length, input_length,
+                   should_stop: Optional[Callable[[], bool]] = None):
   """Decoded token lists for lists of input token ids and task ids. Task ids are checked
   against the model's num_tasks first; a row whose logits were not finite is an error,
-  never an empty prediction."""
+  never an empty prediction. `should_stop` is asked before every batch (Interrupted)."""
   models.check_num_tasks(model.config, task_ids, 'The inputs', trained=True)
   predictions = []
   for start in range(0, len(inputs), batch_size):
+    if should_stop is not None and should_stop():
+      raise Interrupted()
     chunk = inputs[start:start + batch_size]
     ids = list(task_ids[start:start + batch_size])
     pad = batch_size - len(chunk)  # fixed shapes: one compilation
@@ -62,10 +69,12 @@ def predict_tokens(model, params, inputs, task_ids, batch_size, max_length, inpu
 
 
 def evaluate(model, params, mixture_or_task_name: str, task_feature_lengths: Dict[str, int],
-             batch_size: int, split: str = 'validation', max_examples: Optional[int] = None
+             batch_size: int, split: str = 'validation', max_examples: Optional[int] = None,
+             should_stop: Optional[Callable[[], bool]] = None
              ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, List[Dict]]]:
   """Every task of the mixture that has `split`: ({task: {metric: value}}, {task: rows of
-  inputs, target, prediction, task_id})."""
+  inputs, target, prediction, task_id}). Raises Interrupted when `should_stop()` turns true
+  between two batches."""
   models.check_num_tasks(model.config, hyperprompt_tasks.task_ids_of(mixture_or_task_name),
                          mixture_or_task_name, trained=True)
   results, predictions = {}, {}
@@ -78,7 +87,8 @@ def evaluate(model, params, mixture_or_task_name: str, task_feature_lengths: Dic
     vocab = task.output_features['targets'].vocabulary
     tokens = predict_tokens(model, params, [e['inputs'] for e in examples],
                             [int(e['task_ids'][0]) for e in examples], batch_size,
-                            task_feature_lengths['targets'], task_feature_lengths['inputs'])
+                            task_feature_lengths['targets'], task_feature_lengths['inputs'],
+                            should_stop)
     post = task.postprocess_fn or (lambda x, **_: x)
     texts = [vocab.decode(t) for t in tokens]
     preds = [post(t, example=e, is_target=False) for t, e in zip(texts, examples)]

@@ -346,6 +346,30 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   clock = Clock(start, train_steps, report_every_seconds)
   best = {}
 
+  def evaluate_step(step, best):
+    """The periodic evaluation of `step`: its record, table and best; (score, best)."""
+    # Single-process runs stop between eval batches on a signal; several processes must
+    # reach a preemption sync point together, which only a train step provides.
+    stop = None if preemption.multi_process else (lambda: preemption.signum is not None)
+    results, predictions = evaluation.evaluate(
+        model, state['params'], mixture_or_task_name, task_feature_lengths, eval_batch_size,
+        max_examples=eval_max_examples, should_stop=stop)
+    record, written = eval_output.write(step, results, predictions)
+    metrics_log.write(record)
+    log.info('%s', evaluation.format_table(step, results))
+    return record.get('eval/average'), written or best
+
+  if (latest is not None and not preemption.multi_process and eval_every_steps
+      and (start % eval_every_steps == 0 or start == train_steps)
+      and not any(r.get('step') == start and 'eval/average' in r
+                  for r in files.read_jsonl(eval_output.sources[0]))):
+    log.info('Step %d was saved before its evaluation finished: evaluating it now.', start)
+    try:
+      _, best = evaluate_step(start, best)
+    except evaluation.Interrupted:
+      log.warning('Interrupted again during the evaluation of step %d; nothing is lost.', start)
+      sys.exit(preemption.exit_status)
+
   def save(step, batch, score=None):
     """Saves the state after `step` unless its parameters already diverged: their loss on
     the step's batch is checked first, so a saved checkpoint is always a good one."""
@@ -397,14 +421,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
         clock.report(done, loss)
     score, pause_began = None, step_rate.clock()
     if eval_every_steps and (done % eval_every_steps == 0 or done == train_steps):
-      results, predictions = evaluation.evaluate(
-          model, state['params'], mixture_or_task_name, task_feature_lengths, eval_batch_size,
-          max_examples=eval_max_examples)
-      record, written = eval_output.write(done, results, predictions)
-      best = written or best
-      score = record.get('eval/average')
-      metrics_log.write(record)
-      log.info('%s', evaluation.format_table(done, results))
+      try:
+        score, best = evaluate_step(done, best)
+      except evaluation.Interrupted:  # a signal during the evaluation: save, evaluate later
+        preempted = True
+        log.warning('%s during the evaluation of step %d: it runs again when the run '
+                    'continues.', signal.Signals(preemption.exit_status - 128).name, done)
     if done % save_every_steps == 0 or done == train_steps or preempted:
       save(done, batch, score)
     step_rate.exclude(step_rate.clock() - pause_began)

@@ -172,3 +172,32 @@ def test_infer_inputs_name_the_file_and_line_of_each_bad_line(tmp_path):
   path.write_text(good + '\n\n' + good + '\n')
   rows, ids = infer.read_inputs(str(path))
   assert len(rows) == 2 and ids == [1, 1]
+
+
+def test_sigterm_during_an_evaluation_saves_and_the_rerun_evaluates_that_step(tmp_path):
+  run = str(tmp_path / 'run')
+  args = [sys.executable, '-m', 'hyperprompt_jax.train', '--gin_file=runs/demo.gin',
+          f'--gin.MODEL_DIR={run}', '--gin.TRAIN_STEPS=2', '--gin.EVAL_EVERY_STEPS=2',
+          '--gin.train.train.report_every_seconds=0', '--gin.train.train.eval_batch_size=20',
+          '--gin.TASK_FEATURE_LENGTHS={"inputs": 64, "targets": 8}']
+  proc = subprocess.Popen(args, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  seen = []
+  for line in proc.stderr:  # the evaluation starts right after step 2's progress line
+    seen.append(line)
+    if 'step 2/2' in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  began = time.time()
+  err = ''.join(seen) + proc.communicate(timeout=300)[1]
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  assert time.time() - began < 60 and 'SIGTERM during the evaluation of step 2' in err
+  assert _saved_steps(run) == [2]
+  records = lambda: [r['step'] for r in files.read_jsonl(
+      os.path.join(run, 'training_eval', 'metrics.jsonl'))]
+  assert records() == []  # it did not finish
+  rerun = subprocess.run(args, env=_env(), cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert 'Step 2 was saved before its evaluation finished: evaluating it now.' in rerun.stderr
+  assert records() == [2]
