@@ -11,7 +11,6 @@ evaluation.EvalOutput); the console shows progress with an ETA, a table per eval
 a summary at the end.
 """
 
-import dataclasses
 import json
 import logging
 import os
@@ -32,14 +31,13 @@ from tensorflow.io import gfile
 import hyperprompt_tasks
 from hyperprompt_jax import (checkpoints, compile_cache, console, evaluation, files, gin_utils,
                              input_pipeline, models, partitioning, run_lock, trainer)
+from hyperprompt_jax.progress import Clock, StepRate
+from hyperprompt_jax.run_checks import (MODEL_CONFIG_FILE, TrainingError, check_model_config,
+                                        check_train_args, config_record)
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
 
 log = logging.getLogger('hyperprompt_jax')
-
-
-class TrainingError(RuntimeError):
-  """A run that cannot go on; the message names the fix."""
 
 
 def prepare_model_dir(model_dir: str) -> None:
@@ -141,60 +139,6 @@ def jit_saved_loss(model: Transformer, part: partitioning.Partitioner, param_sha
     return models.metrics_of(aux)['loss']
   with part.context():
     return jax.jit(loss, in_shardings=(param_shardings, None), out_shardings=part.replicated)
-
-
-# HyperPromptConfig fields that a run may change when it resumes: they change how the model
-# is computed or regularised, not which model it is.
-RESUMABLE_CHANGES = ('dtype', 'remat', 'embedding_lookup', 'dropout_rate', 'input_prompt_init')
-MODEL_CONFIG_FILE = 'model_config.json'
-
-
-def _config_record(config: HyperPromptConfig) -> Dict:
-  """The config's fields as JSON values (tuples as lists, dtypes as their names)."""
-  plain = lambda v: (list(v) if isinstance(v, tuple) else
-                     v if v is None or isinstance(v, (int, float, str)) else str(v))
-  return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
-
-
-def check_model_config(model_dir: str, config: HyperPromptConfig, allow_change: bool) -> None:
-  """A rerun in a MODEL_DIR must build the model the run was started with
-  (MODEL_DIR/model_config.json): a differing field is an error naming it (or, with
-  allow_change, a warning). Fields of RESUMABLE_CHANGES may differ."""
-  path = os.path.join(model_dir, MODEL_CONFIG_FILE)
-  if not gfile.exists(path):
-    return
-  with gfile.GFile(path) as f:
-    stored = json.load(f)
-  now = _config_record(config)
-  changed = [k for k in sorted(set(stored) | set(now))
-             if k not in RESUMABLE_CHANGES and stored.get(k) != now.get(k) and k in stored]
-  if not changed:
-    return
-  what = ', '.join(f'{k}={stored.get(k)!r} (now {now.get(k)!r})' for k in changed[:4])
-  message = (f'{model_dir} was started with another model: {what}. Resume with the run\'s '
-             f'configuration (its config.gin) or use a new MODEL_DIR')
-  if not allow_change:
-    raise TrainingError(message + ' (train.train.allow_config_change=True resumes anyway).')
-  log.warning('%s; resuming anyway (train.train.allow_config_change).', message)
-
-
-def check_train_args(**values) -> None:
-  """The loop's numbers, checked before anything is built: one line naming the value."""
-  minimum = {'train_steps': 0, 'batch_size': 1, 'save_every_steps': 1, 'keep_checkpoints': 1,
-             'log_every_steps': 1, 'eval_every_steps': 0, 'eval_batch_size': 1,
-             'num_microbatches': 1, 'max_segments': 1}
-  macros = {'train_steps': 'TRAIN_STEPS', 'batch_size': 'BATCH_SIZE',
-            'eval_every_steps': 'EVAL_EVERY_STEPS'}
-  for name, low in minimum.items():
-    value = values[name]
-    label = macros.get(name, f'train.train.{name}')
-    if not isinstance(value, int) or isinstance(value, bool):
-      raise TrainingError(f'{label}={value!r}: must be a whole number (>= {low}).')
-    if value < low:
-      extra = (' (TRAIN_STEPS is the absolute step to stop at)' if name == 'train_steps' else
-               ' (keep_checkpoints=0 would delete every checkpoint)'
-               if name == 'keep_checkpoints' else '')
-      raise TrainingError(f'{label}={value}: must be >= {low}{extra}.')
 
 
 @gin.configurable
@@ -327,7 +271,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   gin_utils.write_config(model_dir)
   if jax.process_index() == 0:
     files.write_text_atomic(os.path.join(model_dir, MODEL_CONFIG_FILE),
-                            json.dumps(_config_record(config), indent=1, sort_keys=True))
+                            json.dumps(config_record(config), indent=1, sort_keys=True))
   saved_loss = jit_saved_loss(model, part, param_shardings, z_loss)
 
   metrics_log = MetricsLog(model_dir, start)
@@ -468,67 +412,6 @@ def new_tasks_only_from(model_dir: str) -> int:
                         'train.new_tasks_only; use a new MODEL_DIR.')
   with gfile.GFile(path) as f:
     return int(f.read().strip())
-
-
-class StepRate:
-  """metrics.jsonl's steps_per_second: the steps since the previous record over the time
-  they took, less the time spent evaluating and saving in between (`exclude`)."""
-
-  def __init__(self, step: int, clock=time.time):
-    self.clock = clock
-    self._step, self._time, self._excluded = step, clock(), 0.0
-
-  def exclude(self, seconds: float) -> None:
-    self._excluded += seconds
-
-  def since_last(self, step: int) -> float:
-    now = self.clock()
-    rate = (step - self._step) / max(now - self._time - self._excluded, 1e-9)
-    self._step, self._time, self._excluded = step, now, 0.0
-    return rate
-
-
-class Clock:
-  """Progress lines with an ETA, and the end-of-training summary."""
-
-  def __init__(self, start: int, train_steps: int, every_seconds: float):
-    self.start, self.train_steps, self.every = start, train_steps, every_seconds
-    self.began = self.last = time.time()
-    self.first = None
-
-  def report(self, step: int, loss: float) -> None:
-    now = time.time()
-    if self.first is None:  # the rate is measured after the first step (its compile)
-      self.first = (step, now)
-    if now - self.last < self.every and step != self.train_steps:
-      return
-    self.last = now
-    first_step, first_time = self.first
-    if step == first_step:  # nothing timed yet: no rate, no ETA
-      log.info('step %d/%d  loss %.4f', step, self.train_steps, loss)
-      return
-    rate = (step - first_step) / max(now - first_time, 1e-9)
-    log.info('step %d/%d  loss %.4f  %.1f steps/s  ETA %s', step, self.train_steps, loss, rate,
-             _duration((self.train_steps - step) / rate))
-
-  def summary(self, step: int, batch_size: int, record: Dict, best: Dict) -> str:
-    wall = time.time() - self.began
-    steps = step - self.start
-    lines = [f'training done: {steps} steps (to step {step}) in {_duration(wall)}, '
-             f'{steps * batch_size / max(wall, 1e-9):.1f} examples/s (rows of BATCH_SIZE), '
-             f'final loss {record.get("loss", float("nan")):.4f}']
-    for task, entry in sorted(best.get('tasks', {}).items()):
-      lines.append(f'  best {hyperprompt_tasks.task_key(task)}: {entry["score"]:.2f} '
-                   f'at step {entry["step"]}')
-    if 'average_of_best' in best:
-      lines.append(f'  average of the best per task: {best["average_of_best"]:.2f}')
-    return '\n'.join(lines)
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  h, rest = divmod(seconds, 3600)
-  return f'{h}:{rest // 60:02d}:{rest % 60:02d}' if h else f'{rest // 60}:{rest % 60:02d}'
 
 
 def main(argv=None):
