@@ -256,6 +256,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       mixture_or_task_name, task_feature_lengths, batch_size, data_seed, pack=pack,
       max_segments=max_segments, use_cached=use_cached_tasks, num_shards=num_shards,
       shard_indices=shards)
+  if not use_cached_tasks and jax.process_count() > 1 and jax.process_index() == 0:
+    log.warning('The tasks are read uncached on %d processes: cache them once with seqio '
+                '(docs/tasks.md, "Preparing the data") for better shuffling across restarts '
+                'and less CPU per host.', jax.process_count())
   iterator = input_pipeline.ShardedInput(
       datasets, num_shards, batch_size,
       writes=[i for i in shards if writer[i] == jax.process_index()])
