@@ -201,3 +201,22 @@ def test_two_dimensional_parameter_sharding_gives_the_same_losses(tmp_path):
   _one('train', *args, f'--gin.MODEL_DIR={two_d}',
        '--gin.train.train.parameter_partitioning_dims=2')
   _assert_same_losses(one_d, two_d, 3)
+
+
+def test_periodic_evaluation_in_two_processes_gives_one_process_records(tmp_path):
+  """EVAL_EVERY_STEPS > 0 with the batch data parallel over the processes: the same losses,
+  and the same evaluation records (scores, split, examples) as one process."""
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+  args = [*DEMO, '--gin.NUM_PARTITIONS=2', '--gin.train.train.input_shards=2',
+          '--gin.TRAIN_STEPS=2', '--gin.EVAL_EVERY_STEPS=2',
+          '--gin.train.train.eval_max_examples=8', '--gin.train.train.eval_batch_size=8']
+  _one('train', *args, f'--gin.MODEL_DIR={one}')
+  _two('train', *args, f'--gin.MODEL_DIR={two}')
+  _assert_same_losses(one, two, 2)
+  records = lambda d: [r for r in map(json.loads, open(os.path.join(d, 'training_eval',
+                                                                     'metrics.jsonl')))]
+  a, b = records(one), records(two)
+  assert [r['step'] for r in a] == [r['step'] for r in b] == [2]  # once, by process 0
+  assert a[0].keys() == b[0].keys() and a[0]['examples'] == b[0]['examples']
+  scores = sorted(k for k in a[0] if k.startswith('eval/'))
+  np.testing.assert_allclose([b[0][k] for k in scores], [a[0][k] for k in scores], atol=1e-6)
