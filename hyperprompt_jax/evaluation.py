@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 from clu import metric_writers
+from jax.experimental import multihost_utils
 from tensorflow.io import gfile
 
 import hyperprompt_tasks
@@ -38,12 +39,34 @@ class Interrupted(Exception):
   """`should_stop` said so between two decoded batches (a preemption during evaluation)."""
 
 
+def _decode(model, params, tokens, ids, max_length, partitioner):
+  """(tokens, finite) of one fixed-shape batch, as numpy. With a partitioner the batch is
+  split over its 'data' axis (each process puts only its own rows on its devices) and the
+  predictions are gathered back on every process."""
+  if partitioner is None:
+    out, finite = models.greedy_decode(model, params, tokens, ids, max_length=max_length,
+                                       return_finite=True)
+    return np.asarray(out), np.asarray(finite)
+  place = lambda x: jax.make_array_from_callback(
+      x.shape, partitioner.batch_sharding(x.ndim), lambda index: x[index])
+  with partitioner.context():
+    out, finite = models.greedy_decode(model, params, place(tokens), place(ids),
+                                       max_length=max_length, return_finite=True)
+  gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return gather(out), gather(finite)
+
+
 def predict_tokens(model, params, inputs, task_ids, batch_size, max_length, input_length,
-                   should_stop: Optional[Callable[[], bool]] = None):
+                   should_stop: Optional[Callable[[], bool]] = None, partitioner=None):
   """Decoded token lists for lists of input token ids and task ids. Task ids are checked
   against the model's num_tasks first; a row whose logits were not finite is an error,
-  never an empty prediction. `should_stop` is asked before every batch (Interrupted)."""
+  never an empty prediction. `should_stop` is asked before every batch (Interrupted).
+  `partitioner`: decode with the batch split over its 'data' axis (the batch is padded to a
+  multiple of the data-parallel size)."""
   models.check_num_tasks(model.config, task_ids, 'The inputs', trained=True)
+  if partitioner is not None:
+    data = partitioner.mesh.shape['data']
+    batch_size = -(-batch_size // data) * data
   predictions = []
   for start in range(0, len(inputs), batch_size):
     if should_stop is not None and should_stop():
@@ -53,9 +76,8 @@ def predict_tokens(model, params, inputs, task_ids, batch_size, max_length, inpu
     pad = batch_size - len(chunk)  # fixed shapes: one compilation
     tokens = pad_tokens(list(chunk) + [[0]] * pad, input_length)
     ids = np.asarray(ids + [0] * pad, np.int32)
-    out, finite = models.greedy_decode(model, params, tokens, ids, max_length=max_length,
-                                return_finite=True)
-    out, finite = np.asarray(out), np.asarray(finite)[:len(chunk)]
+    out, finite = _decode(model, params, tokens, ids, max_length, partitioner)
+    finite = finite[:len(chunk)]
     if not finite.all():
       bad = int(np.argmin(finite))
       raise DecodingError(
@@ -70,7 +92,7 @@ def predict_tokens(model, params, inputs, task_ids, batch_size, max_length, inpu
 
 def evaluate(model, params, mixture_or_task_name: str, task_feature_lengths: Dict[str, int],
              batch_size: int, split: str = 'validation', max_examples: Optional[int] = None,
-             should_stop: Optional[Callable[[], bool]] = None
+             should_stop: Optional[Callable[[], bool]] = None, partitioner=None
              ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, List[Dict]]]:
   """Every task of the mixture that has `split`: ({task: {metric: value}}, {task: rows of
   inputs, target, prediction, task_id}). Raises Interrupted when `should_stop()` turns true
@@ -88,7 +110,7 @@ def evaluate(model, params, mixture_or_task_name: str, task_feature_lengths: Dic
     tokens = predict_tokens(model, params, [e['inputs'] for e in examples],
                             [int(e['task_ids'][0]) for e in examples], batch_size,
                             task_feature_lengths['targets'], task_feature_lengths['inputs'],
-                            should_stop)
+                            should_stop, partitioner)
     post = task.postprocess_fn or (lambda x, **_: x)
     texts = [vocab.decode(t) for t in tokens]
     preds = [post(t, example=e, is_target=False) for t, e in zip(texts, examples)]

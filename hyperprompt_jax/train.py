@@ -301,7 +301,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     stop = None if preemption.multi_process else (lambda: preemption.signum is not None)
     results, predictions = evaluation.evaluate(
         model, state['params'], mixture_or_task_name, task_feature_lengths, eval_batch_size,
-        max_examples=eval_max_examples, should_stop=stop)
+        max_examples=eval_max_examples, should_stop=stop, partitioner=part)
     record, written = eval_output.write(step, results, predictions)
     metrics_log.write(record)
     log.info('%s', evaluation.format_table(step, results))

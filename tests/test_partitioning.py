@@ -56,3 +56,40 @@ def test_the_mesh_is_laid_out_by_create_device_mesh_with_today_s_axis_sizes():
     assert line.endswith(str(list(range(8))))  # CPU devices: in id order, as before
   with pytest.raises(ValueError, match='NUM_PARTITIONS=3 must divide the'):
     partitioning.create_mesh(3, devices=list(range(8)))
+
+
+PARTITIONED_DECODING = '''
+import jax, numpy as np
+from hyperprompt_jax import evaluation, models, partitioning
+from hyperprompt_jax.network import Transformer
+from tests.helpers import init_params, random_tokens, tiny_config
+config = tiny_config('global')
+model, params = Transformer(config), init_params(config)
+inputs = [list(random_tokens(i, (5,))) + [1] for i in range(10)]
+ids = [i % 3 for i in range(10)]
+alone = evaluation.predict_tokens(model, params, inputs, ids, 4, 6, 8)
+part = partitioning.Partitioner(1)
+shardings = part.param_shardings(models.init_variables_abstract(model))
+sharded = jax.tree.map(jax.device_put, params, shardings)
+split = evaluation.predict_tokens(model, sharded, inputs, ids, 4, 6, 8, partitioner=part)
+assert split == alone, (split, alone)
+tokens, task_ids = evaluation.pad_tokens(inputs[:8], 8), np.asarray(ids[:8], np.int32)
+place = lambda x: jax.make_array_from_callback(x.shape, part.batch_sharding(x.ndim),
+                                               lambda i: x[i])
+with part.context():
+  compiled = models._compiled_greedy(config, 6, 1).lower(
+      sharded, place(tokens), place(task_ids)).compile()
+print(compiled.input_shardings[0][1].shard_shape((8, 8)),
+      compiled.output_shardings[0].shard_shape((8, 6)))
+'''
+
+
+def test_decoding_splits_the_batch_over_data_and_predicts_as_one_device():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-c', PARTITIONED_DECODING], env=env, cwd=os.path.dirname(
+      os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # Each of the 8 devices holds 1 of the 8 rows, of the inputs and of the predictions; the
+  # 4-row eval batch was padded to the data-parallel size.
+  assert proc.stdout.split() == ['(1,', '8)', '(1,', '6)']
