@@ -46,10 +46,6 @@ def quiet() -> Optional[str]:
   return path
 
 
-def log_path() -> Optional[str]:
-  return _path
-
-
 def keep_in(destination: str) -> None:
   """At exit, the log is appended to `destination` (local or gs://) instead of removed."""
   global _destination

@@ -337,10 +337,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
 
   for step in range(start, train_steps):
     batch = part.shard_batch(next(iterator), batch_size)
-    hits_before, began = compile_cache.hits(), time.time()
+    if step == start:  # the call that compiles the step (or loads it from the cache)
+      hits_before, began = compile_cache.hits(), time.time()
     with part.context():
       state, metrics = train_step(state, batch)
-    if step == start:  # the call that compiled the step (or loaded it from the cache)
+    if step == start:
       log.info('Train step %s.', compile_cache.describe(time.time() - began, hits_before))
     done = step + 1
     progress(done)
