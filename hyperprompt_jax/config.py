@@ -12,6 +12,7 @@ ADAPTER_VARIANTS = ('adapter', 'hyperformer')
 EMBEDDING_LOOKUPS = ('auto', 'one_hot', 'gather')
 ADAPTER_PLACEMENTS = ('attention_mlp', 'mlp')
 INPUT_PROMPT_INITS = ('vocab', 'normal')
+REMAT_POLICIES = ('none', 'minimal', 'full')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,15 @@ class HyperPromptConfig:
   encoder_prompts / decoder_prompts: put hyper-prompts in encoder / decoder self-attention.
   share_encoder_decoder_prompts: one set of global prompts and hypernetworks for both stacks,
     layers indexed across both (encoder first). Default True.
-  remat: recompute each layer's activations in the backward pass (memory for XL/XXL).
+  remat: recompute each layer's activations in the backward pass (memory for XL/XXL); the
+    same as remat_policy='full'.
+  remat_policy: t5x's names: 'none' (default: keep what the backward pass needs, unless
+    remat=True), 'minimal' (keep only the matmul outputs without batch dimensions, i.e.
+    recompute everything but the weight matmuls) or 'full' (recompute the whole layer).
+  scan_layers: run each stack's layers under `nn.scan` (t5x's scalable_t5): one compiled
+    layer body instead of one per layer, so compile time and the compiler's memory no longer
+    grow with depth. Parameters are stacked on a leading 'layers' axis (`encoder/layers/...`
+    instead of `encoder/layers_0/...`); checkpoints convert either way on restore and export.
   embedding_lookup: how token ids become embeddings: 'one_hot' (a one-hot matmul, t5x's
     choice: partitions cleanly and is fast on TPU), 'gather' (a table lookup: no wasted
     FLOPs; faster on CPU and GPU) or 'auto' (default: 'one_hot' on TPU, else 'gather').
@@ -81,6 +90,8 @@ class HyperPromptConfig:
   share_encoder_decoder_prompts: bool = True
   remat: bool = False
   embedding_lookup: str = 'auto'
+  remat_policy: str = 'none'
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.variant not in VARIANTS:
@@ -89,7 +100,8 @@ class HyperPromptConfig:
       raise ValueError(f'Unknown embedding_lookup {self.embedding_lookup!r}: choose one of '
                        f'{", ".join(EMBEDDING_LOOKUPS)}.')
     for name, choices in (('adapter_placement', ADAPTER_PLACEMENTS),
-                          ('input_prompt_init', INPUT_PROMPT_INITS)):
+                          ('input_prompt_init', INPUT_PROMPT_INITS),
+                          ('remat_policy', REMAT_POLICIES)):
       if getattr(self, name) not in choices:
         raise ValueError(f'Unknown {name} {getattr(self, name)!r}: choose one of '
                          f'{", ".join(choices)}.')
@@ -113,6 +125,13 @@ class HyperPromptConfig:
     if self.is_hyperprompt and not (self.encoder_prompts or self.decoder_prompts):
       raise ValueError(f'variant {self.variant!r} with encoder_prompts=False and '
                        'decoder_prompts=False has no prompts: enable one or use variant "mtl".')
+
+  @property
+  def layer_remat(self) -> str:
+    """The rematerialisation each layer gets: remat_policy, or 'full' for remat=True."""
+    if self.remat_policy == 'none' and self.remat:
+      return 'full'
+    return self.remat_policy
 
   @property
   def adapter_size(self) -> int:

@@ -8,8 +8,10 @@ t5x `examples/t5/network.Transformer`; other variants add parameters beside it.
 
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from flax.linen import partitioning as nn_partitioning
 
 from hyperprompt_jax import layers
 from hyperprompt_jax.config import HyperPromptConfig  # re-exported: the network's config
@@ -36,16 +38,16 @@ CONDITIONING_PARAMS_REGEX = f'^({"|".join(_TOP_LEVEL)})/|/({"|".join(LAYER_ADAPT
 
 
 
-def _adapt(cfg, y, block, generator, index, tasks):
+def _adapt(cfg, y, block, adapters, tasks):
   """y after this layer's adapter of `block` ('self_attention', 'mlp') when the variant puts
-  one there: its own per-task adapter ('adapter') or the stack's generator ('hyperformer').
-  Call inside a compact method."""
+  one there: its own per-task adapter ('adapter') or the weights the stack's generator made
+  for this layer (`adapters`, 'hyperformer'). Call inside a compact method."""
   if block not in cfg.adapter_blocks:
     return y
   if cfg.variant == 'adapter':
     weights = TaskAdapter(cfg, name=f'{block}_adapter')()
   else:
-    weights = generator(index, block)
+    weights = adapters[block]
   return apply_adapter(y, weights, tasks, cfg.num_tasks)
 
 
@@ -54,55 +56,60 @@ def _dropout(cfg, x, deterministic, broadcast=True):
   return nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=dims)(x, deterministic=deterministic)
 
 
+def _prompts(layer_inputs, prompt_mask):
+  """(keys, values, mask) of this layer's prompts, or None."""
+  keys, values = layer_inputs.get('prompt_keys'), layer_inputs.get('prompt_values')
+  return None if keys is None else (keys, values, prompt_mask)
+
+
 class EncoderLayer(nn.Module):
+  """One encoder layer. `layer_inputs` holds what differs between layers besides the
+  parameters: this layer's prompts ('prompt_keys', 'prompt_values': [batch, P, heads,
+  head_dim]) and HyperFormer++'s generated adapters ('adapters'), each present when used.
+  `scanned`: called by `nn.scan`, so it returns (output, None)."""
   config: HyperPromptConfig
-  relative_embedding: nn.Module
-  adapter_generator: Optional[nn.Module] = None  # 'hyperformer': the stack's generator
-  layer_index: int = 0  # within the stack, for the adapter generator
+  scanned: bool = False
 
   @nn.compact
-  def __call__(self, inputs, encoder_mask=None, deterministic=False, prompts=None,
-               tasks=None):
+  def __call__(self, inputs, encoder_mask, bias, deterministic, prompt_mask, tasks,
+               layer_inputs):
     cfg = self.config
-    length = inputs.shape[-2]
-    bias = self.relative_embedding(length, length, True)  # [1, heads, len, len]
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_attention_layer_norm')(inputs)
-    pk, pv, pmask = prompts if prompts is not None else (None, None, None)
+    pk, pv, pmask = _prompts(layer_inputs, prompt_mask) or (None, None, None)
     x = layers.MultiHeadDotProductAttention(
         num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=cfg.dtype,
         dropout_rate=cfg.dropout_rate, float32_logits=cfg.float32_attention_logits,
         name='attention')(x, x, encoder_mask, bias, prompt_key=pk, prompt_value=pv,
                           prompt_mask=pmask, deterministic=deterministic)
-    x = _adapt(cfg, x, 'self_attention', self.adapter_generator, self.layer_index, tasks)
+    adapters = layer_inputs.get('adapters')
+    x = _adapt(cfg, x, 'self_attention', adapters, tasks)
     x = _dropout(cfg, x, deterministic) + inputs
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
     y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype,
                         name='mlp')(y, deterministic=deterministic)
-    y = _adapt(cfg, y, 'mlp', self.adapter_generator, self.layer_index, tasks)
-    return _dropout(cfg, y, deterministic) + x
+    y = _adapt(cfg, y, 'mlp', adapters, tasks)
+    out = _dropout(cfg, y, deterministic) + x
+    return (out, None) if self.scanned else out
 
 
 class DecoderLayer(nn.Module):
+  """One decoder layer; `layer_inputs` and `scanned` as in EncoderLayer."""
   config: HyperPromptConfig
-  relative_embedding: nn.Module
-  adapter_generator: Optional[nn.Module] = None  # 'hyperformer': the stack's generator
-  layer_index: int = 0  # within the stack, for the adapter generator
+  scanned: bool = False
 
   @nn.compact
-  def __call__(self, inputs, encoded, decoder_mask=None, encoder_decoder_mask=None,
-               deterministic=False, decode=False, max_decode_length=None, prompts=None,
-               tasks=None):
+  def __call__(self, inputs, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic,
+               decode, prompt_mask, tasks, layer_inputs):
     cfg = self.config
-    length = max_decode_length if decode and max_decode_length else inputs.shape[-2]
-    bias = self.relative_embedding(length, length, False)  # [1, heads, len, len]
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_self_attention_layer_norm')(inputs)
-    pk, pv, pmask = prompts if prompts is not None else (None, None, None)
+    pk, pv, pmask = _prompts(layer_inputs, prompt_mask) or (None, None, None)
     x = layers.MultiHeadDotProductAttention(
         num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=cfg.dtype,
         dropout_rate=cfg.dropout_rate, float32_logits=cfg.float32_attention_logits,
         name='self_attention')(x, x, decoder_mask, bias, prompt_key=pk, prompt_value=pv,
                                prompt_mask=pmask, deterministic=deterministic, decode=decode)
-    x = _adapt(cfg, x, 'self_attention', self.adapter_generator, self.layer_index, tasks)
+    adapters = layer_inputs.get('adapters')
+    x = _adapt(cfg, x, 'self_attention', adapters, tasks)
     x = _dropout(cfg, x, deterministic) + inputs
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(x)
     y = layers.MultiHeadDotProductAttention(
@@ -114,8 +121,40 @@ class DecoderLayer(nn.Module):
     z = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
     z = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype,
                         name='mlp')(z, deterministic=deterministic)
-    z = _adapt(cfg, z, 'mlp', self.adapter_generator, self.layer_index, tasks)
-    return _dropout(cfg, z, deterministic) + y
+    z = _adapt(cfg, z, 'mlp', adapters, tasks)
+    out = _dropout(cfg, z, deterministic) + y
+    return (out, None) if self.scanned else out
+
+
+REMAT_POLICIES = {'minimal': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  'full': None}  # None: nothing is saved, the whole layer is recomputed
+
+
+def _run_layers(cfg, layer_cls, num_layers, x, broadcast, static, per_layer, remat):
+  """x through `num_layers` layers of `layer_cls` (called inside the stack's compact method):
+  `broadcast` are the arguments every layer shares (those at the indices `static` are Python
+  values), `per_layer` each layer's own inputs (`_merge_layer_inputs`). Unscanned:
+  modules layers_0 .. layers_{n-1}. Scanned: one module 'layers' under `nn.scan`, with
+  parameters (and the decoding cache) stacked on a leading 'layers' axis."""
+  policy = cfg.layer_remat if remat else 'none'
+  if not cfg.scan_layers:
+    cls = layer_cls
+    if policy != 'none':
+      cls = nn.remat(layer_cls, policy=REMAT_POLICIES[policy],
+                     static_argnums=tuple(i + 2 for i in static))
+    for i in range(num_layers):
+      x = cls(cfg, name=f'layers_{i}')(x, *broadcast, per_layer[i])
+    return x
+  cls = layer_cls
+  if policy != 'none':  # prevent_cse=False: the scan already keeps XLA from merging layers
+    cls = nn.remat(layer_cls, policy=REMAT_POLICIES[policy], prevent_cse=False,
+                   static_argnums=tuple(i + 2 for i in static))
+  scanned = nn_partitioning.scan_with_axes(
+      cls, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
+      split_rngs={'params': True, 'dropout': True},
+      in_axes=(nn.broadcast,) * len(broadcast) + (0,), length=num_layers, axis_name='layers')
+  x, _ = scanned(cfg, scanned=True, name='layers')(x, *broadcast, per_layer)
+  return x
 
 
 def _relpos(cfg):
@@ -142,12 +181,47 @@ def _task_context(task_ids, segment_ids, length, real):
   return tasks, segment_ids if task_ids.ndim == 2 else segment_ids > 0
 
 
-def _layer_prompts(layer, stack_prompts, task_ids, query_segments):
-  """One layer's prompt keys, values and mask for the batch, or None."""
+def _batch_stack_prompts(cfg, stack_prompts, task_ids, query_segments):
+  """Each example's prompts of every layer and the mask [batch, 1, q_len, P] they share:
+  ({'prompt_keys', 'prompt_values'} [layers, batch, P, heads, head_dim], mask), or
+  ({}, None) without prompts."""
   if stack_prompts is None:
-    return None
-  pk, pv = stack_prompts[0][layer], stack_prompts[1][layer]  # [T, l, heads, head_dim]
-  return batch_prompts(pk, pv, task_ids, query_segments)
+    return {}, None
+  if cfg.scan_layers:  # one gather for all layers
+    keys, values, masks = jax.vmap(batch_prompts, in_axes=(0, 0, None, None))(
+        stack_prompts[0], stack_prompts[1], task_ids, query_segments)
+    return {'prompt_keys': keys, 'prompt_values': values}, masks[0]
+  per_layer = [batch_prompts(stack_prompts[0][i], stack_prompts[1][i], task_ids,
+                             query_segments) for i in range(stack_prompts[0].shape[0])]
+  return [{'prompt_keys': k, 'prompt_values': v} for k, v, _ in per_layer], per_layer[0][2]
+
+
+def _stack_adapters(cfg, generator, num_layers):
+  """HyperFormer++: every layer's generated adapters, [{'adapters': {block: AdapterWeights
+  [T, ...]}}] per layer, or {} for other variants."""
+  if generator is None:
+    return {}
+  return [{'adapters': {b: generator(i, b) for b in cfg.adapter_blocks}}
+          for i in range(num_layers)]
+
+
+def _merge_layer_inputs(cfg, num_layers, *parts):
+  """The layers' own inputs in the form `_run_layers` takes: a list of per-layer dicts, or,
+  with scan_layers, one dict of stacked [layers, ...] leaves. Each part is either form
+  (a dict of stacked leaves, a list of per-layer dicts) or {} when unused."""
+  if cfg.scan_layers:
+    merged = {}
+    for part in parts:
+      merged.update(jax.tree.map(lambda *a: jnp.stack(a), *part) if isinstance(part, list)
+                    else part)
+    return merged
+  merged = [{} for _ in range(num_layers)]
+  for part in parts:
+    if not isinstance(part, list):
+      part = [jax.tree.map(lambda a, i=i: a[i], part) for i in range(num_layers)] if part else []
+    for layer, inputs in zip(merged, part):
+      layer.update(inputs)
+  return merged
 
 
 class _DecodePrompts(nn.Module):
@@ -155,9 +229,10 @@ class _DecodePrompts(nn.Module):
   decode step (under `nn.cond`, from the parameters the step is given) and read from the
   cache at every later token. The cache itself holds zeros until then, so a cache made by
   `init(..., decode=True)` (flax's way, fresh parameters) and one made by
-  `apply(params, ..., mutable=['cache'])` (t5x's) decode the same. Batch-major, so t5x's
-  beam search expands and reorders them with the rest of the cache; the step counter is
-  named `cache_index`, like the attention's, so beam search leaves it as it is."""
+  `apply(params, ..., mutable=['cache'])` (t5x's) decode the same. Laid out like the layers'
+  own cache, so t5x's beam search expands and reorders them with the rest: batch-major
+  [batch, layers, ...], or [layers, batch, ...] with scan_layers (t5x's cache_offset=1). The
+  step counter is named `cache_index`, like the attention's, so beam search leaves it as is."""
   config: HyperPromptConfig
   prompt_generator: nn.Module
   prompt_offset: int
@@ -165,15 +240,21 @@ class _DecodePrompts(nn.Module):
   def _make(self, task_ids):
     keys, values = _stack_prompts(self.config, 'decoder', self.prompt_generator,
                                   self.prompt_offset)
-    gather = lambda p: jnp.stack([gather_tasks(p[i], task_ids) for i in range(p.shape[0])], 1)
-    return gather(keys), gather(values)  # two [batch, layers, l, heads, head_dim]
+    axis = 0 if self.config.scan_layers else 1
+    gather = lambda p: jnp.stack([gather_tasks(p[i], task_ids) for i in range(p.shape[0])],
+                                 axis)
+    return gather(keys), gather(values)  # two [batch, layers, l, heads, head_dim] (or layers first)
 
   @nn.compact
   def __call__(self, task_ids, query_segments):
+    """The prompts of every layer, {'prompt_keys', 'prompt_values'}: [layers, batch, l,
+    heads, head_dim], and their mask [batch, 1, q_len, l]."""
     ready = self.has_variable('cache', 'prompt_keys')
     cfg = self.config
     shape = (task_ids.shape[0], cfg.prompted_layers('decoder'), cfg.prompt_length,
              cfg.num_heads, cfg.head_dim)
+    if cfg.scan_layers:
+      shape = (shape[1], shape[0]) + shape[2:]
     self.variable('cache', 'prompt_keys', jnp.zeros, shape, cfg.dtype)
     self.variable('cache', 'prompt_values', jnp.zeros, shape, cfg.dtype)
     index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
@@ -192,10 +273,12 @@ class _DecodePrompts(nn.Module):
                 module.get_variable('cache', 'prompt_values'))
       keys, values = nn.cond(index.value == 0, make, read, self, task_ids)
       index.value = index.value + 1
-    batch, l = keys.shape[0], keys.shape[2]
+    if not cfg.scan_layers:
+      keys, values = jnp.moveaxis(keys, 1, 0), jnp.moveaxis(values, 1, 0)
+    batch, l = keys.shape[1], keys.shape[2]
     mask = layers.make_attention_mask(query_segments.astype(jnp.int32),
                                       jnp.ones((batch, l), jnp.int32), jnp.equal)
-    return [(keys[:, i], values[:, i], mask) for i in range(keys.shape[1])]
+    return {'prompt_keys': keys, 'prompt_values': values}, mask
 
 
 class Encoder(nn.Module):
@@ -209,19 +292,21 @@ class Encoder(nn.Module):
   def __call__(self, encoder_input_tokens, encoder_mask=None, deterministic=False,
                task_ids=None, segment_ids=None, input_prompts=None):
     cfg = self.config
-    rel_emb = _relpos(cfg)
     x = self.shared_embedding(encoder_input_tokens.astype('int32'))  # [batch, len, embed]
     real = encoder_input_tokens > 0  # [batch, len]
     if input_prompts is not None:  # 'prompt_tuning': [batch, l, embed] before the tokens
       x = jnp.concatenate([input_prompts.astype(x.dtype), x], axis=1)
     x = _dropout(cfg, x, deterministic).astype(cfg.dtype)
-    tasks, query_segments = _task_context(task_ids, segment_ids, x.shape[1], real)
+    length = x.shape[1]
+    bias = _relpos(cfg)(length, length, True)  # [1, heads, len, len], shared by the layers
+    tasks, query_segments = _task_context(task_ids, segment_ids, length, real)
     stack_prompts = _stack_prompts(cfg, 'encoder', self.prompt_generator, self.prompt_offset)
-    for i in range(cfg.num_encoder_layers):
-      prompts = _layer_prompts(i, stack_prompts, task_ids, query_segments)
-      layer = nn.remat(EncoderLayer, static_argnums=(3,)) if cfg.remat else EncoderLayer
-      x = layer(cfg, rel_emb, self.adapter_generator, i, name=f'layers_{i}')(
-          x, encoder_mask, deterministic, prompts, tasks)
+    prompts, prompt_mask = _batch_stack_prompts(cfg, stack_prompts, task_ids, query_segments)
+    per_layer = _merge_layer_inputs(cfg, cfg.num_encoder_layers, prompts, _stack_adapters(
+        cfg, self.adapter_generator, cfg.num_encoder_layers))
+    x = _run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x,
+                    (encoder_mask, bias, deterministic, prompt_mask, tasks), (2,),
+                    per_layer, remat=True)
     x = layers.LayerNorm(dtype=cfg.dtype, name='encoder_norm')(x)
     return _dropout(cfg, x, deterministic, broadcast=False)
 
@@ -238,25 +323,22 @@ class Decoder(nn.Module):
                encoder_decoder_mask=None, deterministic=False, decode=False,
                max_decode_length=None, task_ids=None, segment_ids=None, query_real=None):
     cfg = self.config
-    rel_emb = _relpos(cfg)
     y = self.shared_embedding(decoder_input_tokens.astype('int32'))  # [batch, len, embed]
     y = _dropout(cfg, y, deterministic).astype(cfg.dtype)
+    length = max_decode_length if decode and max_decode_length else y.shape[1]
+    bias = _relpos(cfg)(length, length, False)  # [1, heads, len, len], shared by the layers
     tasks, query_segments = _task_context(task_ids, segment_ids, y.shape[1], query_real)
-    cached = None
     if decode and self.prompt_generator is not None and cfg.prompted_layers('decoder'):
-      cached = _DecodePrompts(cfg, self.prompt_generator, self.prompt_offset,
-                              name='decode_prompts')(task_ids, query_segments)
-      stack_prompts = None
+      prompts, prompt_mask = _DecodePrompts(cfg, self.prompt_generator, self.prompt_offset,
+                                            name='decode_prompts')(task_ids, query_segments)
     else:
       stack_prompts = _stack_prompts(cfg, 'decoder', self.prompt_generator, self.prompt_offset)
-    for i in range(cfg.num_decoder_layers):
-      prompts = (cached[i] if cached is not None else
-                 _layer_prompts(i, stack_prompts, task_ids, query_segments))
-      layer = (nn.remat(DecoderLayer, static_argnums=(5, 6, 7)) if cfg.remat and not decode
-               else DecoderLayer)
-      y = layer(cfg, rel_emb, self.adapter_generator, i, name=f'layers_{i}')(
-          y, encoded, decoder_mask, encoder_decoder_mask, deterministic, decode,
-          max_decode_length, prompts, tasks)
+      prompts, prompt_mask = _batch_stack_prompts(cfg, stack_prompts, task_ids, query_segments)
+    per_layer = _merge_layer_inputs(cfg, cfg.num_decoder_layers, prompts, _stack_adapters(
+        cfg, self.adapter_generator, cfg.num_decoder_layers))
+    y = _run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, y,
+                    (encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode,
+                     prompt_mask, tasks), (4, 5), per_layer, remat=not decode)
     y = layers.LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
     y = _dropout(cfg, y, deterministic)
     if cfg.logits_via_embedding:

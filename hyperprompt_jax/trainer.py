@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from hyperprompt_jax import models
+from hyperprompt_jax import models, scan_layout
 from hyperprompt_jax.layers import with_sharding_constraint
 from hyperprompt_jax.network import Transformer
 
@@ -51,6 +51,16 @@ def new_task_rows_only(params, first_new_task: int, task_axes: Dict[str, int]
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
+def per_layer(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner` applied to each layer of scanned parameters on its own (vmapped over their
+  leading 'layers' axis), as t5x's Adafactor treats that axis (FactorDim.BATCH): Adafactor's
+  factored moments, parameter-scale RMS and update clipping are per layer, so a scanned run
+  trains exactly like an unscanned one."""
+  return optax.GradientTransformation(
+      lambda params: jax.vmap(inner.init)(params),
+      lambda updates, state, params=None: jax.vmap(inner.update)(updates, state, params))
+
+
 def make_optimizer(learning_rate: float, params, trainable_regex='.*', frozen_regex=None,
                    first_new_task: Optional[int] = None,
                    task_axes: Optional[Dict[str, int]] = None,
@@ -59,14 +69,22 @@ def make_optimizer(learning_rate: float, params, trainable_regex='.*', frozen_re
   """optax Adafactor with T5's defaults (decay 0.8, update clipping 1.0, parameter scaling);
   frozen parameters get no update at all. With `first_new_task`, only the new tasks' rows
   of the task-indexed parameters train (see new_task_rows_only). parameter_scale=False and
-  weight_decay_rate=1e-5 are Prompt-Tuning's settings (google-research/prompt-tuning)."""
+  weight_decay_rate=1e-5 are Prompt-Tuning's settings (google-research/prompt-tuning).
+  Scanned layers (`encoder/layers/...`) are updated layer by layer (`per_layer`)."""
   adafactor = optax.adafactor(learning_rate=learning_rate, decay_rate=0.8,
                               clipping_threshold=1.0, multiply_by_parameter_scale=parameter_scale,
                               momentum=None, min_dim_size_to_factor=128, eps=1e-30,
                               weight_decay_rate=weight_decay_rate)
   mask = trainable_mask(params, trainable_regex, frozen_regex)
-  labels = jax.tree.map(lambda t: 'train' if t else 'freeze', mask)
-  optimizer = optax.multi_transform({'train': adafactor, 'freeze': optax.set_to_zero()}, labels)
+  flat = traverse_util.flatten_dict(mask)
+  labels = traverse_util.unflatten_dict({
+      path: ('freeze' if not train else
+             'train_per_layer' if scan_layout.is_scanned_path(path) else 'train')
+      for path, train in flat.items()})
+  transforms = {'train': adafactor, 'freeze': optax.set_to_zero()}
+  if 'train_per_layer' in jax.tree.leaves(labels):
+    transforms['train_per_layer'] = per_layer(adafactor)
+  optimizer = optax.multi_transform(transforms, labels)
   if first_new_task is None:
     return optimizer
   return optax.chain(optimizer, new_task_rows_only(params, first_new_task, task_axes or {}))

@@ -1,10 +1,14 @@
 """Tiny configs and batches shared by the tests."""
 
+import dataclasses
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
+
+from hyperprompt_jax import scan_layout
 
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
@@ -21,6 +25,15 @@ def tiny_config(variant='global', **overrides):
                 adapter_dim=6, hyperformer_hidden_dim=9, input_prompt_length=5)
   fields.update(overrides)
   return HyperPromptConfig(**fields)
+
+
+def scanned(config, params=None):
+  """The scan_layers=True twin of `config`, and `params` stacked into its layout."""
+  config = dataclasses.replace(config, scan_layers=True)
+  if params is None:
+    return config
+  flat = scan_layout.stack_flat(traverse_util.flatten_dict(params), jnp.stack)
+  return config, traverse_util.unflatten_dict(flat)
 
 
 def random_tokens(seed, shape, vocab=61, pad_from=None):

@@ -2,6 +2,7 @@
 cached decoding and task-id validation."""
 
 import dataclasses
+import functools
 import importlib.util
 import re
 
@@ -17,7 +18,7 @@ from hyperprompt_jax.hypernetworks import HyperFormerGenerator, HyperFormerTasks
 from hyperprompt_jax.network import Transformer
 from tests import t5_reference
 from tests.helpers import (ALL_VARIANTS, CONDITIONED, dots_by_place, init_params,
-                           random_tokens, shift_right, tiny_config)
+                           random_tokens, scanned, shift_right, tiny_config)
 
 B, LI, LT = 3, 9, 6
 
@@ -28,10 +29,16 @@ def _batch(seed=0):
   return inputs, shift_right(targets), targets
 
 
-def _logits(config, params, batch, task_ids):
+@functools.lru_cache(maxsize=None)
+def _forward(config):
+  """One jitted forward per config (reused across tests: shapes compile once)."""
   model = Transformer(config)
-  fn = jax.jit(lambda p, t: model.apply({'params': p}, *batch, enable_dropout=False, task_ids=t))
-  return np.asarray(fn(params, task_ids))
+  return jax.jit(lambda p, batch, t: model.apply({'params': p}, *batch, enable_dropout=False,
+                                                 task_ids=t))
+
+
+def _logits(config, params, batch, task_ids):
+  return np.asarray(_forward(config)(params, tuple(batch), task_ids))
 
 
 @pytest.mark.parametrize('variant', ALL_VARIANTS)
@@ -204,12 +211,14 @@ def _pack(examples):
 
 
 @pytest.mark.parametrize('variant', ['share', 'sep', 'global', 'adapter', 'hyperformer'])
-@pytest.mark.parametrize('training', [False, True])
-def test_packed_rows_equal_unpacked_examples(variant, training):
+@pytest.mark.parametrize('training, scan', [(False, False), (True, False), (True, True)])
+def test_packed_rows_equal_unpacked_examples(variant, training, scan):
   """training=True (dropout rate 0): the packed rows take the training path, where prompts
-  join the keys and values, and still equal forward-only calls on single examples."""
+  join the keys and values, and still equal forward-only calls on single examples. With
+  scan=True the packed rows go through scanned layers."""
   config = tiny_config(variant)
   params = init_params(config)
+  packed_config, packed_params = scanned(config, params) if scan else (config, params)
   rng = np.random.RandomState(3)
   rows = [[(rng.randint(2, 61, 4), rng.randint(2, 61, 3), 0),
            (rng.randint(2, 61, 5), rng.randint(2, 61, 2), 2)],
@@ -222,10 +231,10 @@ def test_packed_rows_equal_unpacked_examples(variant, training):
     for f, values in zip(fields, _pack(row)):
       f[r, :len(values)] = values
   enc, enc_seg, enc_pos, tgt, dec_in, dec_seg, dec_pos, task_ids = fields
-  model = Transformer(config)
+  model = Transformer(packed_config)
   packed = jax.jit(lambda p: model.apply(
       {'params': p}, enc, dec_in, tgt, enc_seg, dec_seg, enc_pos, dec_pos,
-      enable_dropout=training, task_ids=task_ids))(params)
+      enable_dropout=training, task_ids=task_ids))(packed_params)
   for r, row in enumerate(rows):
     offset = 0
     for inp, tar, task in row:
@@ -248,10 +257,12 @@ def test_prompt_tuning_rejects_packed_rows():
 
 # ---- cached decoding -------------------------------------------------------------------------
 
+@pytest.mark.parametrize('scan', [False, True], ids=['unscanned', 'scanned'])
 @pytest.mark.parametrize('variant', ALL_VARIANTS)
-def test_cached_decoding_equals_teacher_forced_forward(variant):
+def test_cached_decoding_equals_teacher_forced_forward(variant, scan):
   """Token by token with the cache == the full forward, with the cache made t5x's way
-  (apply with the trained parameters) and flax's way (init, fresh parameters)."""
+  (apply with the trained parameters) and flax's way (init, fresh parameters). Scanned: the
+  cache is stacked like the layers (layers first, as t5x's cache_offset=1 expects)."""
   config = tiny_config(variant)
   params = init_params(config)
   inputs, dec_inputs, targets = _batch()
@@ -259,6 +270,8 @@ def test_cached_decoding_equals_teacher_forced_forward(variant):
   dec_inputs = shift_right(targets)
   task_ids = None if variant == 'mtl' else np.array([2, 0, 1], np.int32)
   full = _logits(config, params, (inputs, dec_inputs, targets), task_ids)
+  if scan:
+    config, params = scanned(config, params)
   model = Transformer(config)
   encoded = model.apply({'params': params}, inputs, enable_dropout=False, task_ids=task_ids,
                         method=Transformer.encode)
@@ -289,8 +302,16 @@ def test_cached_decoding_equals_teacher_forced_forward(variant):
       logits, cache = step(params if t == 0 else poisoned, cache, dec_inputs[:, t:t + 1])
       np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=2e-5, rtol=1e-5)
     # The prompts are not in the key/value cache: it holds exactly the decoded length.
-    cached_key = cache['decoder']['layers_0']['self_attention']['cached_key']
-    assert cached_key.shape == (B, config.num_heads, config.head_dim, LT)
+    if scan:
+      cached_key = cache['decoder']['layers']['self_attention']['cached_key']
+      assert cached_key.shape == (config.num_decoder_layers, B, config.num_heads,
+                                  config.head_dim, LT)
+      if 'decode_prompts' in cache['decoder']:
+        assert cache['decoder']['decode_prompts']['prompt_keys'].shape[:2] == (
+            config.num_decoder_layers, B)
+    else:
+      cached_key = cache['decoder']['layers_0']['self_attention']['cached_key']
+      assert cached_key.shape == (B, config.num_heads, config.head_dim, LT)
 
 
 @pytest.mark.parametrize('variant, generator', [('global', 'decode_prompts/'),
