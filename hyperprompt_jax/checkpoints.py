@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from tensorflow.io import gfile
 
-from hyperprompt_jax import files, input_pipeline, models, t5x_format
+from hyperprompt_jax import files, input_pipeline, models, scan_layout, t5x_format
 from hyperprompt_jax.network import Transformer
 
 log = logging.getLogger('hyperprompt_jax')
@@ -127,7 +127,9 @@ class CheckpointStore:
       input_pipeline.prune_input_states(self.input_dir, set(self.manager.all_steps()))
 
   def check_fits(self, step: int, abstract_params) -> None:
-    problems = shape_mismatches(self.stored_params(step), abstract_params)
+    stored = self.stored_params(step)
+    _check_same_layout(stored, abstract_params, f'Checkpoint {step} in {self.model_dir}')
+    problems = shape_mismatches(stored, abstract_params)
     if problems:
       raise CheckpointError(
           f'Checkpoint {step} in {self.model_dir} does not fit this model ({len(problems)} '
@@ -200,15 +202,18 @@ class CheckpointStore:
 
   def restore_params(self, step: int, abstract_params):
     """Only the parameters of a step (no optimizer state is read), into the shardings of
-    `abstract_params` (ShapeDtypeStructs; without a sharding: this process's first device)."""
-    self.check_fits(step, abstract_params)
-    directory = os.path.join(self.step_dir(step), 'default')
-    item = {'params': abstract_params}
-    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
-    with ocp.PyTreeCheckpointer() as checkpointer:
-      restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
-          item=item, restore_args=restore_args, partial_restore=True))
-    return restored['params']
+    `abstract_params` (ShapeDtypeStructs; without a sharding: this process's first device).
+    A run saved with the other scan_layers layout is converted layer by layer."""
+    shapes, read = _orbax_source(os.path.join(self.step_dir(step), 'default'), 'params')
+    wanted = _flat(abstract_params)
+    shapes, read = _in_layout_of(shapes, read, wanted)
+    problems = _shape_errors({k: v.shape for k, v in wanted.items()}, shapes)
+    problems += [f'{k}: only in model' for k in sorted(set(wanted) - set(shapes))]
+    if problems:
+      raise CheckpointError(
+          f'Checkpoint {step} in {self.model_dir} does not fit this model ({len(problems)} '
+          f'differences, e.g. {problems[0]}): use the gin config it was trained with.')
+    return _unflat(read(wanted))
 
 
 def restore_params(model: Transformer, model_dir: str, step: Optional[int] = None,
@@ -249,14 +254,20 @@ def _our_orbax_dir(path: str) -> str:
                         'at a step directory (MODEL_DIR/checkpoint_<step>).')
 
 
-def load_params(path: str) -> Dict[str, Any]:
+def load_params(path: str, scanned: Optional[bool] = False) -> Dict[str, Any]:
   """The whole 'params' tree (numpy, on this host) of a checkpoint: a T5X checkpoint_<step>
-  directory (orbax or legacy layout) or one of ours. For conversions; training restores
+  directory (orbax or legacy layout) or one of ours, its layers unscanned (t5x's and HF's
+  layout; `scanned=True`: stacked; None: as stored). For conversions; training restores
   sharded with `load_initial_params`."""
   if t5x_format.is_t5x_checkpoint(path):
-    return t5x_format.load_t5x_params(path)
-  restored = ocp.StandardCheckpointer().restore(_our_orbax_dir(path))
-  return jax.tree.map(np.asarray, restored['params'])
+    params = t5x_format.load_t5x_params(path)
+  else:
+    restored = ocp.StandardCheckpointer().restore(_our_orbax_dir(path))
+    params = jax.tree.map(np.asarray, restored['params'])
+  if scanned is None:
+    return params
+  return traverse_util.unflatten_dict(scan_layout.to_layout(
+      traverse_util.flatten_dict(params), scanned))
 
 
 def _orbax_source(directory: str, key: str):
@@ -275,6 +286,100 @@ def _orbax_source(directory: str, key: str):
           partial_restore=True))
     return _flat(restored[key])
   return shapes, read
+
+
+def _unflat(flat: Dict[str, Any]):
+  return traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
+
+
+def _layout(names) -> Optional[bool]:
+  return scan_layout.layout_of(tuple(k.split('/')) for k in names)
+
+
+def _check_same_layout(stored, expected, what: str) -> None:
+  """One line naming scan_layers when a run's checkpoint and the model differ in it (a run
+  resumes only in the layout it was saved in: its optimizer state is laid out the same)."""
+  was, now = _layout(_flat(stored)), _layout(_flat(expected))
+  if was is not None and now is not None and was != now:
+    raise CheckpointError(
+        f'{what} was saved with scan_layers={was} and this model has scan_layers={now}: a run '
+        f'resumes only as it was saved; set network.HyperPromptConfig.scan_layers={was}, or '
+        'start a new MODEL_DIR with INITIAL_CHECKPOINT_PATH pointing at this checkpoint '
+        '(its parameters convert).')
+
+
+def _sub_sharding(sharding, leading: bool):
+  """`sharding` for one layer of a stacked array (leading=False drops the 'layers' axis) or
+  for the stack of arrays sharded like `sharding` (leading=True adds it, unsharded)."""
+  if not isinstance(sharding, jax.sharding.NamedSharding):
+    return sharding  # a single device's: fits any shape
+  spec = tuple(sharding.spec)
+  spec = (None,) + spec if leading else spec[1:]
+  return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+
+
+def _in_layout_of(shapes: Dict[str, Tuple], read: Callable, model: Dict[str, Any]):
+  """(shapes, read) of a checkpoint source re-expressed in the scan layout of `model`'s
+  names. Stacking reads each layer into the layer's slice of the target sharding and stacks
+  on the devices; unstacking reads the stack sharded like its layers and slices it. Either
+  way no process holds more than its own shards."""
+  source, target = _layout(shapes), _layout(model)
+  if source is None or target is None or source == target:
+    return shapes, read
+  split = lambda k: tuple(k.split('/'))
+  join = '/'.join
+  if target:  # unscanned checkpoint -> scanned model
+    layers = {}
+    for name, shape in shapes.items():
+      found = scan_layout.scanned_source(split(name))
+      if found:
+        layers.setdefault(join(found[0]), {})[found[1]] = shape
+    new_shapes = {k: v for k, v in shapes.items() if not scan_layout.scanned_source(split(k))}
+    for name, by_layer in layers.items():
+      new_shapes[name] = (len(by_layer),) + tuple(by_layer[0])
+
+    def read_stacked(wanted):
+      plain = {k: v for k, v in wanted.items() if k not in layers}
+      out = read(plain) if plain else {}
+      for name in (k for k in wanted if k in layers):
+        target_struct = wanted[name]
+        layer_sharding = _sub_sharding(target_struct.sharding, leading=False)
+        parts = read({join(scan_layout.unscanned_path(split(name), i)): jax.ShapeDtypeStruct(
+            target_struct.shape[1:], target_struct.dtype, sharding=layer_sharding)
+            for i in range(target_struct.shape[0])})
+        ordered = [parts[join(scan_layout.unscanned_path(split(name), i))]
+                   for i in range(target_struct.shape[0])]
+        out[name] = jax.jit(lambda *a: jax.numpy.stack(a),
+                            out_shardings=target_struct.sharding)(*ordered)
+        del parts, ordered
+      return out
+    return new_shapes, read_stacked
+
+  # scanned checkpoint -> unscanned model
+  stacked = {k: v for k, v in shapes.items() if scan_layout.is_scanned_path(split(k))}
+  new_shapes = {k: v for k, v in shapes.items() if k not in stacked}
+  for name, shape in stacked.items():
+    for i in range(shape[0]):
+      new_shapes[join(scan_layout.unscanned_path(split(name), i))] = tuple(shape[1:])
+
+  def read_unstacked(wanted):
+    out, groups = {}, {}
+    for k, v in wanted.items():
+      found = scan_layout.scanned_source(split(k))
+      if found and join(found[0]) in stacked:
+        groups.setdefault(join(found[0]), {})[found[1]] = (k, v)
+      else:
+        out[k] = v
+    out = read(out) if out else {}
+    for name, by_layer in groups.items():
+      _, first = next(iter(by_layer.values()))
+      whole = read({name: jax.ShapeDtypeStruct(stacked[name], first.dtype,
+                                               sharding=_sub_sharding(first.sharding, True))})
+      for i, (k, v) in by_layer.items():
+        out[k] = jax.jit(lambda a, i=i: a[i], out_shardings=v.sharding)(whole[name])
+      del whole
+    return out
+  return new_shapes, read_unstacked
 
 
 def _shape_errors(model_shapes: Dict[str, Tuple], stored_shapes: Dict[str, Tuple]) -> List[str]:
@@ -304,6 +409,7 @@ def load_initial_params(path: str, params, shardings, task_axes: Optional[Dict[s
     shapes, read = _orbax_source(directory, 'params')
     step = step_of_path(os.path.dirname(directory) if directory.endswith('default') else directory)
   init_flat, shard_flat = _flat(params), _flat(shardings)
+  shapes, read = _in_layout_of(shapes, read, init_flat)
   grown = {k: axis for k, axis in (task_axes or {}).items()
            if k in shapes and _grows(shapes[k], init_flat[k].shape, axis)}
   wrong = _shape_errors({k: v.shape for k, v in init_flat.items() if k not in grown}, shapes)
@@ -321,7 +427,7 @@ def load_initial_params(path: str, params, shardings, task_axes: Optional[Dict[s
   report = {'loaded': sorted(loaded), 'initialised': sorted(set(init_flat) - set(loaded)),
             'unused': sorted(set(shapes) - set(init_flat)), 'step': step or 0,
             'grown': {k: [shapes[k][a], init_flat[k].shape[a]] for k, a in grown.items()}}
-  return traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in merged.items()}), report
+  return _unflat(merged), report
 
 
 def _grows(stored: Tuple, wanted: Tuple, axis: int) -> bool:

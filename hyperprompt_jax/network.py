@@ -379,6 +379,11 @@ class Transformer(nn.Module):
     self.encoder = Encoder(cfg, self.shared_embedding, enc_gen, 0, enc_adapters)
     self.decoder = Decoder(cfg, self.shared_embedding, dec_gen, dec_offset, dec_adapters)
 
+  @property
+  def scan_layers(self) -> bool:
+    """Read by t5x's models: a scanned cache is layers-first (beam search cache_offset=1)."""
+    return self.config.scan_layers
+
   def _task_ids(self, task_ids, segment_ids, batch: int):
     """Validates task ids at the boundary; None for 'mtl'. Zeros while initialising."""
     cfg = self.config

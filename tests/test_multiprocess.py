@@ -151,7 +151,8 @@ def test_sigterm_to_both_processes_saves_one_step_and_a_rerun_continues(tmp_path
 
 def test_restore_reads_only_this_processes_shards(tmp_path):
   """With the model axis across both processes, each holds half of every sharded parameter
-  and no process holds a full host copy; the values are the checkpoint's."""
+  and no process holds a full host copy; the values are the checkpoint's. The same for a
+  scanned model, whose stacked layers are built from the checkpoint's layers_<i>."""
   start = str(tmp_path / 'start')
   _one('train', *DEMO, *HEADS_8, f'--gin.MODEL_DIR={start}', '--gin.TRAIN_STEPS=3', devices=1)
   address = f'127.0.0.1:{_port()}'
@@ -163,15 +164,24 @@ def test_restore_reads_only_this_processes_shards(tmp_path):
   from hyperprompt_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   stored = traverse_util.flatten_dict(checkpoints.load_params(start), sep='/')
+  stacked = traverse_util.flatten_dict(checkpoints.load_params(start, scanned=True), sep='/')
   for result in results:
-    assert result['loaded'] == len(stored)
-    arrays = result['arrays']
-    split = [n for n, a in arrays.items() if not a['replicated']]
-    assert 'token_embedder/embedding' in split and 'decoder/logits_dense/kernel' in split
-    for name in split:
-      assert arrays[name]['local_bytes'] * 2 == arrays[name]['full_bytes'], name
-    for name, a in arrays.items():
-      np.testing.assert_allclose(a['sum'], float(stored[name].sum()), rtol=1e-4, atol=1e-4)
+    for layout, expected, stacked_name in (
+        ('unscanned', stored, 'encoder/layers_0/mlp/wi_0/kernel'),
+        ('scanned', stacked, 'encoder/layers/mlp/wi_0/kernel')):
+      assert result[layout]['loaded'] == len(expected)
+      arrays = result[layout]['arrays']
+      assert sorted(arrays) == sorted(expected)
+      split = [n for n, a in arrays.items() if not a['replicated']]
+      assert {'token_embedder/embedding', 'decoder/logits_dense/kernel', stacked_name} <= set(split)
+      for name in split:
+        assert arrays[name]['local_bytes'] * 2 == arrays[name]['full_bytes'], name
+      for name, a in arrays.items():
+        value = np.asarray(expected[name], np.float64)
+        np.testing.assert_allclose(a['sum'], value.sum(), rtol=1e-4, atol=1e-4)
+        if layout == 'scanned' and name.startswith(('encoder/layers/', 'decoder/layers/')):
+          np.testing.assert_allclose(a['layer_sums'], value.reshape(value.shape[0], -1).sum(-1),
+                                     rtol=1e-4, atol=1e-4)  # each layer in its place
 
 
 _SHARDING_CHECK = '''
