@@ -1,4 +1,5 @@
-"""T5X checkpoints (both layouts) and ours restore into every variant; remat is exact."""
+"""T5X checkpoints (both layouts) and ours restore into every variant, unscanned or scanned;
+export of a scanned run round-trips; remat is exact."""
 
 import dataclasses
 import json
@@ -11,9 +12,10 @@ import pytest
 import tensorstore as ts
 from flax import serialization, traverse_util
 
-from hyperprompt_jax import checkpoints, t5x_format
+from hyperprompt_jax import checkpoints, scan_layout, t5x_format
 from hyperprompt_jax.network import Transformer
-from tests.helpers import CONDITIONED, init_params, random_tokens, shift_right, tiny_config
+from tests.helpers import (CONDITIONED, init_params, random_tokens, scanned, shift_right,
+                           tiny_config)
 
 
 def _t5_params():
@@ -130,3 +132,52 @@ def test_a_task_whose_id_changed_since_training_is_refused(tmp_path):
                              write=True)
   with open(os.path.join(model_dir, 'task_ids.json'), encoding='utf-8') as f:
     assert json.load(f) == {'hyperprompt_super_glue_cb': 1, 'new_task': 16}
+
+
+@pytest.mark.parametrize('layout', ['legacy', 'orbax'])
+def test_t5x_checkpoints_restore_into_a_scanned_model(layout, tmp_path):
+  """Each stacked parameter is built from the checkpoint's layers_<i>, in order."""
+  t5 = _t5_params()
+  directory = str(tmp_path / 'checkpoint_1')
+  (_write_legacy_t5x if layout == 'legacy' else _write_orbax_t5x)(directory, t5)
+  initial = init_params(scanned(tiny_config('global')), seed=5)
+  merged, report = checkpoints.load_initial_params(
+      directory, initial, jax.tree.map(lambda x: x.sharding, initial))
+  expected = scan_layout.stack_flat(traverse_util.flatten_dict(t5))
+  flat = traverse_util.flatten_dict(merged)
+  assert sorted(report['loaded']) == sorted('/'.join(k) for k in expected)
+  for path, value in expected.items():
+    np.testing.assert_array_equal(flat[path], value)
+  assert flat[('encoder', 'layers', 'mlp', 'wi_0', 'kernel')].shape[0] == 2
+
+
+def test_a_scanned_run_exports_and_converts_back_exactly(tmp_path):
+  """A scanned run's checkpoint: to-t5x writes t5x's unscanned layout; that, and the run
+  itself, restore into a scanned model and an unscanned one with every value in place."""
+  config = scanned(tiny_config('adapter'))
+  params = jax.tree.map(np.asarray, init_params(config))
+  store = checkpoints.CheckpointStore(str(tmp_path / 'run'))
+  store.save(4, {'step': np.int32(4), 'params': params})
+  checkpoints.main(['to-t5x', '--checkpoint', str(tmp_path / 'run'), '--output',
+                    str(tmp_path / 't5x')])
+  exported = str(tmp_path / 't5x' / 'checkpoint_4')
+  unstacked = scan_layout.unstack_flat(traverse_util.flatten_dict(params))
+  stored = traverse_util.flatten_dict(checkpoints.load_params(exported, scanned=None))
+  assert sorted(stored) == sorted(unstacked)
+  for path, value in unstacked.items():
+    np.testing.assert_array_equal(stored[path], value)
+  for source in (exported, str(tmp_path / 'run')):
+    for target_config in (config, dataclasses.replace(config, scan_layers=False)):
+      initial = init_params(target_config, seed=9)
+      merged, _ = checkpoints.load_initial_params(
+          source, initial, jax.tree.map(lambda x: x.sharding, initial))
+      want = params if target_config.scan_layers else traverse_util.unflatten_dict(unstacked)
+      jax.tree.map(np.testing.assert_array_equal, merged, want)
+  # eval/infer's restore converts too; resuming the run unscanned is one line naming the option.
+  model = Transformer(dataclasses.replace(config, scan_layers=False))
+  restored, step = checkpoints.restore_params(model, str(tmp_path / 'run'))
+  assert step == 4
+  jax.tree.map(np.testing.assert_array_equal, restored, traverse_util.unflatten_dict(unstacked))
+  with pytest.raises(checkpoints.CheckpointError,
+                     match='saved with scan_layers=True and this model has scan_layers=False'):
+    store.check_fits(4, traverse_util.unflatten_dict(unstacked))
