@@ -31,6 +31,14 @@ from hyperprompt_jax.network import ENCODER_HYPERPROMPT, SHARED_HYPERPROMPT, Tra
 log = logging.getLogger('hyperprompt_jax')
 
 
+def _sown(stack, layer: int, block: str, name: str) -> np.ndarray:
+  """A value the attention of `layer` sowed ([batch, heads, q_len]); scanned layers sow one
+  stacked [layers, ...] value."""
+  if 'layers' in stack:
+    return np.asarray(stack['layers'][block][name][0][layer])
+  return np.asarray(stack[f'layers_{layer}'][block][name][0])
+
+
 def encoder_attention_stats(model: Transformer, params, tokens: np.ndarray,
                             task_ids: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
   """Per encoder layer: summed prompt mass and entropy over real queries and heads, and the
@@ -46,9 +54,8 @@ def encoder_attention_stats(model: Transformer, params, tokens: np.ndarray,
   heads = model.config.num_heads
   out = {'prompt_mass': [], 'entropy': []}
   for i in range(model.config.num_encoder_layers):
-    attn = layers[f'layers_{i}']['attention']
     for name in out:
-      value = np.asarray(attn[name][0])  # [batch, heads, q_len]
+      value = _sown(layers, i, 'attention', name)  # [batch, heads, q_len]
       out[name].append(float((value * real[:, None, :]).sum()))
   return {'prompt_mass': np.asarray(out['prompt_mass']), 'entropy': np.asarray(out['entropy']),
           'count': float(real.sum() * heads)}
@@ -66,9 +73,8 @@ def decoder_attention_stats(model: Transformer, params, tokens: np.ndarray, targ
   real = np.asarray(targets > 0, np.float32)  # [batch, target_len]
   out = {'prompt_mass': [], 'entropy': []}
   for i in range(model.config.num_decoder_layers):
-    attn = layers[f'layers_{i}']['self_attention']
     for name in out:
-      out[name].append(float((np.asarray(attn[name][0]) * real[:, None, :]).sum()))
+      out[name].append(float((_sown(layers, i, 'self_attention', name) * real[:, None, :]).sum()))
   return {'prompt_mass': np.asarray(out['prompt_mass']), 'entropy': np.asarray(out['entropy']),
           'count': float(real.sum() * model.config.num_heads)}
 

@@ -8,7 +8,7 @@ import pytest
 
 from hyperprompt_jax import analysis
 from hyperprompt_jax.network import Transformer
-from tests.helpers import init_params, random_tokens, tiny_config
+from tests.helpers import init_params, random_tokens, scanned, tiny_config
 
 
 def test_prompt_mass_and_entropy_per_layer():
@@ -80,3 +80,19 @@ def test_figures_are_valid_pngs(tmp_path):
     assert json.load(f) == report
   mtl = tiny_config('mtl')  # no task embeddings: the attention figure only
   assert len(analysis.figures(report, init_params(mtl), str(tmp_path / 'mtl'))) == 1
+
+
+def test_a_scanned_model_gives_the_same_statistics_per_layer():
+  tokens = random_tokens(0, (3, 9), pad_from=[9, 5, 7])
+  targets = random_tokens(1, (3, 5), pad_from=[5, 3, 4])
+  ids = np.array([0, 1, 2], np.int32)
+  cfg = tiny_config('global')
+  params = init_params(cfg)
+  scan_cfg, scan_params = scanned(cfg, params)
+  for fn, args in ((analysis.encoder_attention_stats, (tokens, ids)),
+                   (analysis.decoder_attention_stats, (tokens, targets, ids))):
+    plain = fn(Transformer(cfg), params, *args)
+    stacked = fn(Transformer(scan_cfg), scan_params, *args)
+    for key in ('prompt_mass', 'entropy'):
+      np.testing.assert_allclose(stacked[key], plain[key], rtol=1e-5)
+    assert stacked['count'] == plain['count']
