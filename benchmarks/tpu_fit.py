@@ -19,6 +19,7 @@ import dataclasses
 import inspect
 import os
 import re
+import resource
 import sys
 import time
 
@@ -108,6 +109,12 @@ def compile_step(run, devices):
   return compiled, time.perf_counter() - start
 
 
+def peak_host_gb() -> float:
+  """This process's peak resident memory so far (GB): for a deviceless compile, the
+  compiler's (the model itself is never materialised here)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
 def report(compiled, seconds, devices, run) -> float:
   """Prints the figures; returns the total per-chip HBM in GiB."""
   mem = compiled.memory_analysis()
@@ -123,8 +130,10 @@ def report(compiled, seconds, devices, run) -> float:
         f'{cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers; batch {run["batch_size"]}, '
         f'lengths {dict(run["task_feature_lengths"])}; NUM_PARTITIONS={run["num_partitions"]}, '
         f'parameter_partitioning_dims={run["parameter_partitioning_dims"]}, '
-        f'microbatches={run["num_microbatches"]}, remat={cfg.remat}')
-  print(f'compile: {seconds:.1f} s; XLA FLOPs per chip per step: {float(cost.get("flops", 0)):.3e}')
+        f'microbatches={run["num_microbatches"]}, remat={cfg.layer_remat}, '
+        f'scan_layers={cfg.scan_layers}')
+  print(f'compile: {seconds:.1f} s, peak host memory {peak_host_gb():.1f} GB; '
+        f'XLA FLOPs per chip per step: {float(cost.get("flops", 0)):.3e}')
   print(f'per chip: arguments {args / GIB:.3f} GiB, outputs (not aliased) {out / GIB:.3f} GiB, '
         f'temporaries {temp / GIB:.3f} GiB')
   chip_text = f'{chip} GiB' if chip else f'? GiB (unknown chip {kind})'

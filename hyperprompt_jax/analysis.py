@@ -24,11 +24,31 @@ import numpy as np
 from tensorflow.io import gfile
 
 import hyperprompt_tasks
-from hyperprompt_jax import checkpoints, evaluation, files, gin_utils, input_pipeline
+from hyperprompt_jax import evaluation, files, gin_utils, input_pipeline, runtime
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import ENCODER_HYPERPROMPT, SHARED_HYPERPROMPT, Transformer
 
 log = logging.getLogger('hyperprompt_jax')
+
+
+_JITTED = {}
+
+
+def _apply(model, partitioner, variables, *args, method=None, enable_dropout=False,
+           mutable=(), task_ids=None):
+  """model.apply; with a partitioner, under jit on its mesh (parameters as sharded, the
+  outputs replicated so that every process reads them), compiled once per call kind."""
+  if partitioner is None:
+    return model.apply(variables, *args, method=method, enable_dropout=enable_dropout,
+                       mutable=list(mutable), task_ids=task_ids)
+  key = (id(model), id(partitioner), method, enable_dropout, tuple(mutable))
+  if key not in _JITTED:
+    _JITTED[key] = jax.jit(
+        lambda v, a, t: model.apply(v, *a, method=method, enable_dropout=enable_dropout,
+                                    mutable=list(mutable), task_ids=t),
+        out_shardings=partitioner.replicated)
+  with partitioner.context():
+    return _JITTED[key](variables, args, task_ids)
 
 
 def _sown(stack, layer: int, block: str, name: str) -> np.ndarray:
@@ -40,12 +60,14 @@ def _sown(stack, layer: int, block: str, name: str) -> np.ndarray:
 
 
 def encoder_attention_stats(model: Transformer, params, tokens: np.ndarray,
-                            task_ids: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
+                            task_ids: Optional[np.ndarray], partitioner=None
+                            ) -> Dict[str, np.ndarray]:
   """Per encoder layer: summed prompt mass and entropy over real queries and heads, and the
-  number of (query, head) pairs: {'prompt_mass': [layers], 'entropy': [layers], 'count': n}."""
+  number of (query, head) pairs: {'prompt_mass': [layers], 'entropy': [layers], 'count': n}.
+  `partitioner`: the parameters are sharded on its mesh."""
   ids = task_ids if model.config.is_conditioned else None
-  _, state = model.apply({'params': params}, tokens, enable_dropout=False, task_ids=ids,
-                         method=Transformer.encode, mutable=['intermediates'])
+  _, state = _apply(model, partitioner, {'params': params}, tokens, task_ids=ids,
+                    method=Transformer.encode, mutable=('intermediates',))
   layers = state['intermediates']['encoder']
   real = np.asarray(tokens > 0, np.float32)  # [batch, len]
   if model.config.variant == 'prompt_tuning':  # input prompts are real positions too
@@ -62,13 +84,14 @@ def encoder_attention_stats(model: Transformer, params, tokens: np.ndarray,
 
 
 def decoder_attention_stats(model: Transformer, params, tokens: np.ndarray, targets: np.ndarray,
-                            task_ids: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
+                            task_ids: Optional[np.ndarray], partitioner=None
+                            ) -> Dict[str, np.ndarray]:
   """encoder_attention_stats for the decoder's self-attention, teacher-forced on `targets`
   [batch, target_len]: sums over real target positions and heads, per decoder layer."""
   ids = task_ids if model.config.is_conditioned else None
   decoder_inputs = np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
-  _, state = model.apply({'params': params}, tokens, decoder_inputs, targets,
-                         enable_dropout=False, task_ids=ids, mutable=['intermediates'])
+  _, state = _apply(model, partitioner, {'params': params}, tokens, decoder_inputs, targets,
+                    task_ids=ids, mutable=('intermediates',))
   layers = state['intermediates']['decoder']
   real = np.asarray(targets > 0, np.float32)  # [batch, target_len]
   out = {'prompt_mass': [], 'entropy': []}
@@ -85,11 +108,17 @@ def attention_analysis(*, model_dir: str = gin.REQUIRED,
                        task_feature_lengths: Dict[str, int] = gin.REQUIRED,
                        config: HyperPromptConfig = gin.REQUIRED, step: Optional[int] = None,
                        num_examples: int = 100, batch_size: int = 50,
-                       split: str = 'validation') -> Dict[str, Sequence[float]]:
+                       split: str = 'validation', num_partitions: int = 1,
+                       parameter_partitioning_dims: int = 1,
+                       activation_partitioning_dims: int = 1) -> Dict[str, Sequence[float]]:
   """Mean prompt attention mass and entropy per encoder and decoder layer over the mixture's
-  tasks."""
-  model = Transformer(config)
-  params, step = checkpoints.restore_params(model, model_dir, step)
+  tasks. The model is laid out as in training (runtime.build): parameters restored into
+  their shardings, statistics computed under jit and replicated to every process."""
+  run = runtime.build(config, num_partitions, parameter_partitioning_dims,
+                      activation_partitioning_dims)
+  model = run.model
+  params, step = run.restore_params(model_dir, step)
+  part = run.partitioner
   stacks = {'encoder': encoder_attention_stats, 'decoder': decoder_attention_stats}
   total = {stack: {'prompt_mass': 0.0, 'entropy': 0.0, 'count': 0.0} for stack in stacks}
   for task in hyperprompt_tasks.tasks_of(mixture_or_task_name):
@@ -103,9 +132,9 @@ def attention_analysis(*, model_dir: str = gin.REQUIRED,
       targets = evaluation.pad_tokens([ex['targets'] for ex in chunk],
                                       task_feature_lengths['targets'])
       ids = np.asarray([int(ex['task_ids'][0]) for ex in chunk], np.int32)
-      for stack, stats in (('encoder', encoder_attention_stats(model, params, tokens, ids)),
+      for stack, stats in (('encoder', encoder_attention_stats(model, params, tokens, ids, part)),
                            ('decoder', decoder_attention_stats(model, params, tokens, targets,
-                                                               ids))):
+                                                               ids, part))):
         for key in total[stack]:
           total[stack][key] = total[stack][key] + stats[key]
   report = {'step': step, 'variant': config.variant}

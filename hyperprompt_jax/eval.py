@@ -16,9 +16,8 @@ import gin
 from tensorflow.io import gfile
 
 import hyperprompt_tasks
-from hyperprompt_jax import checkpoints, evaluation, files, gin_utils, models
+from hyperprompt_jax import checkpoints, evaluation, files, gin_utils, models, runtime
 from hyperprompt_jax.config import HyperPromptConfig
-from hyperprompt_jax.network import Transformer
 
 log = logging.getLogger('hyperprompt_jax')
 
@@ -28,9 +27,14 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
              task_feature_lengths: Dict[str, int] = gin.REQUIRED,
              config: HyperPromptConfig = gin.REQUIRED, step: Optional[int] = None,
              output_dir: Optional[str] = None, split: str = 'validation', batch_size: int = 64,
-             max_examples: Optional[int] = None, all_steps: bool = False) -> Dict:
+             max_examples: Optional[int] = None, all_steps: bool = False,
+             num_partitions: int = 1, parameter_partitioning_dims: int = 1,
+             activation_partitioning_dims: int = 1) -> Dict:
   """Evaluates the latest (or given, or with all_steps every) saved step. Nothing is
-  written before the run's checkpoints and tasks have been checked."""
+  written before the run's checkpoints and tasks have been checked. The model is laid out
+  as in training (NUM_PARTITIONS along 'model'; runtime.build): parameters are restored
+  into their shardings and each batch is decoded split over 'data', every process feeding
+  its own rows."""
   model_dir = files.expand(model_dir)
   if not gfile.isdir(model_dir):
     raise checkpoints.CheckpointError(f'MODEL_DIR {model_dir} does not exist: point it at a '
@@ -47,16 +51,19 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
     raise checkpoints.CheckpointError(f'Step {step} is not saved in {model_dir}; saved steps: '
                                       f'{saved}.')
   steps = saved if all_steps and step is None else [step]
-  model = Transformer(config)
+  run = runtime.build(config, num_partitions, parameter_partitioning_dims,
+                      activation_partitioning_dims)
+  model = run.model
   output = evaluation.EvalOutput(files.expand(output_dir or os.path.join(model_dir,
                                                                          'inference_eval')),
                                  model_dir)
   records = {}
   for s in steps:
-    params, s = checkpoints.restore_params(model, model_dir, s)
+    params, s = run.restore_params(model_dir, s)
     results, predictions = evaluation.evaluate(model, params, mixture_or_task_name,
                                                task_feature_lengths, batch_size, split=split,
-                                               max_examples=max_examples)
+                                               max_examples=max_examples,
+                                               partitioner=run.partitioner)
     record, _ = output.write(s, results, predictions, split)
     log.info('%s', evaluation.format_table(s, results))
     print(json.dumps(record))

@@ -12,12 +12,12 @@ import os
 from typing import Dict, Optional
 
 import gin
+import jax
 import seqio
 from tensorflow.io import gfile
 
-from hyperprompt_jax import checkpoints, evaluation, files, gin_utils, models
+from hyperprompt_jax import checkpoints, evaluation, files, gin_utils, models, runtime
 from hyperprompt_jax.config import HyperPromptConfig
-from hyperprompt_jax.network import Transformer
 from hyperprompt_tasks import task_table
 
 log = logging.getLogger('hyperprompt_jax')
@@ -28,23 +28,30 @@ def infer(*, model_dir: str = gin.REQUIRED, input_file: str = gin.REQUIRED,
           task_feature_lengths: Dict[str, int] = gin.REQUIRED,
           config: HyperPromptConfig = gin.REQUIRED, vocabulary: seqio.Vocabulary = gin.REQUIRED,
           output_file: Optional[str] = None, step: Optional[int] = None,
-          batch_size: int = 32) -> str:
+          batch_size: int = 32, num_partitions: int = 1, parameter_partitioning_dims: int = 1,
+          activation_partitioning_dims: int = 1) -> str:
+  """Predictions for every line of `input_file`, written by process 0 to one file. The
+  model is laid out as in training (runtime.build); batches are decoded split over 'data'."""
   model_dir, input_file = files.expand(model_dir), files.expand(input_file)
   rows, task_ids = read_inputs(input_file)
   models.check_num_tasks(config, task_ids, input_file, trained=True)
   checkpoints.check_task_ids(model_dir, {_seqio_name(r['task']): tid
                                          for r, tid in zip(rows, task_ids)})
-  model = Transformer(config)
-  params, step = checkpoints.restore_params(model, model_dir, step)
+  run = runtime.build(config, num_partitions, parameter_partitioning_dims,
+                      activation_partitioning_dims)
+  model = run.model
+  params, step = run.restore_params(model_dir, step)
   tokens = [list(vocabulary.encode(r['inputs']))[:task_feature_lengths['inputs'] - 1] + [1]
             for r in rows]
   outputs = evaluation.predict_tokens(model, params, tokens, task_ids, batch_size,
                                       task_feature_lengths['targets'],
-                                      task_feature_lengths['inputs']) if rows else []
+                                      task_feature_lengths['inputs'],
+                                      partitioner=run.partitioner) if rows else []
   output_file = files.expand(output_file or os.path.join(model_dir, 'inference.jsonl'))
-  files.write_text_atomic(output_file, ''.join(
-      json.dumps(dict(row, prediction=vocabulary.decode(out), step=step)) + '\n'
-      for row, out in zip(rows, outputs)))  # an empty input: an empty file
+  if jax.process_index() == 0:  # every process holds every prediction; one writes them
+    files.write_text_atomic(output_file, ''.join(
+        json.dumps(dict(row, prediction=vocabulary.decode(out), step=step)) + '\n'
+        for row, out in zip(rows, outputs)))  # an empty input: an empty file
   log.info('Wrote %d predictions to %s', len(rows), output_file)
   return output_file
 

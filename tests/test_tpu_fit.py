@@ -92,5 +92,5 @@ def test_microbatches_compile_when_the_batch_is_sharded_eight_ways():
                         '--gin.network.HyperPromptConfig.head_dim=8'],
                        env=_env(1), cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert 'microbatches=4, remat=True' in out.stdout
+  assert 'microbatches=4, remat=full, scan_layers=True' in out.stdout
   assert re.fullmatch(r'per-chip HBM: [0-9.]+ GiB of 32 GiB', out.stdout.strip().splitlines()[-1])
