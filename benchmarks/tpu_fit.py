@@ -11,7 +11,8 @@ Any gin file or binding of the train command may be stacked (runs/finetune.gin i
 first; macros it leaves required get placeholders: nothing is read or written). The last
 line is `per-chip HBM: <total> GiB of <chip> GiB` (`over <needed> GiB ... (does not fit)`,
 exit code 1, when XLA cannot fit the step). Topologies: v4:AxBxC and v5p:AxBxC
-(megacore: one device per chip), v5e:AxB, v6e:AxB.
+(megacore: one device per chip), v5e:AxB, v6e:AxB. `--mode=decode --eval_batch_size=N`
+compiles the eval command's partitioned greedy decoding instead of the train step.
 """
 
 import argparse
@@ -27,7 +28,7 @@ import gin
 import jax
 import numpy as np
 
-from hyperprompt_jax import gin_utils, models, partitioning, train, trainer
+from hyperprompt_jax import gin_utils, models, partitioning, runtime, train, trainer
 from hyperprompt_jax.network import Transformer
 from hyperprompt_tasks.feature_converter import TaskIdEncDecFeatureConverter
 
@@ -109,13 +110,36 @@ def compile_step(run, devices):
   return compiled, time.perf_counter() - start
 
 
+def compile_decode(run, devices, batch_size):
+  """Compiles the eval command's greedy decoding (the cache, TASK_FEATURE_LENGTHS['targets']
+  steps) for `devices`, laid out as the eval command lays it out (runtime.build with
+  NUM_PARTITIONS, its default 1-D parameter partitioning; the batch split over 'data'):
+  (compiled, seconds)."""
+  config = run['config']
+  if config.embedding_lookup == 'auto':
+    config = dataclasses.replace(config, embedding_lookup='one_hot')
+  rt = runtime.build(config, run['num_partitions'], devices=devices)
+  part = rt.partitioner
+  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        rt.abstract['params'], rt.param_shardings)
+  lengths = run['task_feature_lengths']
+  tokens = jax.ShapeDtypeStruct((batch_size, lengths['inputs']), np.int32,
+                                sharding=part.batch_sharding(2))
+  ids = jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=part.batch_sharding(1))
+  start = time.perf_counter()
+  with part.context():
+    compiled = models._compiled_greedy(  # pylint: disable=protected-access
+        config, lengths['targets'], 1).lower(params, tokens, ids).compile()
+  return compiled, time.perf_counter() - start
+
+
 def peak_host_gb() -> float:
   """This process's peak resident memory so far (GB): for a deviceless compile, the
   compiler's (the model itself is never materialised here)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-def report(compiled, seconds, devices, run) -> float:
+def report(compiled, seconds, devices, run, mode='train', eval_batch_size=None) -> float:
   """Prints the figures; returns the total per-chip HBM in GiB."""
   mem = compiled.memory_analysis()
   args, temp = mem.argument_size_in_bytes, mem.temp_size_in_bytes
@@ -126,12 +150,20 @@ def report(compiled, seconds, devices, run) -> float:
   kind = devices[0].device_kind
   chip = CHIP_HBM_GIB.get(kind)
   cfg = run['config']
-  print(f'{kind} x{len(devices)} chips; {cfg.variant} emb {cfg.emb_dim}, '
-        f'{cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers; batch {run["batch_size"]}, '
-        f'lengths {dict(run["task_feature_lengths"])}; NUM_PARTITIONS={run["num_partitions"]}, '
-        f'parameter_partitioning_dims={run["parameter_partitioning_dims"]}, '
-        f'microbatches={run["num_microbatches"]}, remat={cfg.layer_remat}, '
-        f'scan_layers={cfg.scan_layers}')
+  if mode == 'decode':
+    print(f'{kind} x{len(devices)} chips; greedy decoding, {cfg.variant} emb {cfg.emb_dim}, '
+          f'{cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers; eval batch '
+          f'{eval_batch_size}, lengths {dict(run["task_feature_lengths"])}; '
+          f'NUM_PARTITIONS={run["num_partitions"]}, parameter_partitioning_dims=1, '
+          f'scan_layers={cfg.scan_layers}')
+  else:
+    print(f'{kind} x{len(devices)} chips; {cfg.variant} emb {cfg.emb_dim}, '
+          f'{cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers; batch '
+          f'{run["batch_size"]}, lengths {dict(run["task_feature_lengths"])}; '
+          f'NUM_PARTITIONS={run["num_partitions"]}, '
+          f'parameter_partitioning_dims={run["parameter_partitioning_dims"]}, '
+          f'microbatches={run["num_microbatches"]}, remat={cfg.layer_remat}, '
+          f'scan_layers={cfg.scan_layers}')
   print(f'compile: {seconds:.1f} s, peak host memory {peak_host_gb():.1f} GB; '
         f'XLA FLOPs per chip per step: {float(cost.get("flops", 0)):.3e}')
   print(f'per chip: arguments {args / GIB:.3f} GiB, outputs (not aliased) {out / GIB:.3f} GiB, '
@@ -146,6 +178,10 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--topology', required=True, help='e.g. v4:2x2x1, v4:4x4x4, v5e:4x4')
+  parser.add_argument('--mode', choices=('train', 'decode'), default='train',
+                      help="train: the train step; decode: the eval command's greedy decoding")
+  parser.add_argument('--eval_batch_size', type=int, default=128,
+                      help='--mode=decode: rows decoded at once (eval.evaluate.batch_size)')
   parser.add_argument('--chip_config', default='',
                       help="libtpu chip config (default: 'megacore' on v4/v5p, else 'default')")
   ours, rest = parser.parse_known_args(argv)
@@ -157,7 +193,10 @@ def main(argv=None):
     sys.exit(f'error: {e}')
   devices = topology_devices(ours.topology, ours.chip_config)
   try:
-    compiled, seconds = compile_step(run, devices)
+    if ours.mode == 'decode':
+      compiled, seconds = compile_decode(run, devices, ours.eval_batch_size)
+    else:
+      compiled, seconds = compile_step(run, devices)
   except Exception as e:  # pylint: disable=broad-except
     m = re.search(r'RESOURCE_EXHAUSTED: Ran out of memory.*?\(([0-9.]+)G\) exceeds available '
                   r'HBM \(([0-9.]+)G\)', str(e))
@@ -173,7 +212,7 @@ def main(argv=None):
           '(options/large_scale.gin) or chips.')
     print(f'per-chip HBM: over {m.group(1)} GiB of {chip} GiB (does not fit)')
     sys.exit(1)
-  report(compiled, seconds, devices, run)
+  report(compiled, seconds, devices, run, ours.mode, ours.eval_batch_size)
 
 
 if __name__ == '__main__':

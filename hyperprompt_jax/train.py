@@ -30,7 +30,7 @@ from tensorflow.io import gfile
 
 import hyperprompt_tasks
 from hyperprompt_jax import (checkpoints, compile_cache, console, evaluation, files, gin_utils,
-                             input_pipeline, models, partitioning, run_lock, trainer)
+                             input_pipeline, models, partitioning, run_lock, runtime, trainer)
 from hyperprompt_jax.progress import Clock, StepRate
 from hyperprompt_jax.run_checks import (MODEL_CONFIG_FILE, TrainingError, check_model_config,
                                         check_train_args, config_record)
@@ -73,6 +73,7 @@ class Preemption:
   def __init__(self):
     self.multi_process = jax.process_count() > 1
     self.signum: Optional[int] = None
+    self._sync_points, self._reached = 0, False
     if not self.multi_process:
       signal.signal(signal.SIGTERM, self._handle)
     signal.signal(signal.SIGINT, self._handle)
@@ -90,10 +91,15 @@ class Preemption:
       return
     self.signum = self.signum or signum
 
-  def requested(self, step: int) -> bool:
-    """Call once per step, on every process."""
+  def requested(self) -> bool:
+    """Whether to stop here. Call at the same points on every process (after each step, and
+    between evaluation batches): with several processes each call is a sync point of jax's
+    preemption manager, numbered by this counter, so all processes stop at the same one."""
     if self.multi_process:
-      reached = multihost_utils.reached_preemption_sync_point(step)
+      if self._reached:  # every process reached it at the same call: all stop from here on
+        return True
+      self._sync_points += 1
+      reached = self._reached = multihost_utils.reached_preemption_sync_point(self._sync_points)
       if reached and self.signum is None:
         self.signum = signal.SIGTERM  # another process was told
       return reached
@@ -197,14 +203,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   if config.variant == 'prompt_tuning' and pack:
     raise TrainingError("variant 'prompt_tuning' cannot use packed rows: bind train.pack = False.")
   models.check_num_tasks(config, hyperprompt_tasks.task_ids_of(mixture_or_task_name))
-  part = partitioning.Partitioner(num_partitions, parameter_partitioning_dims,
-                                  activation_partitioning_dims)
-  model = Transformer(config)
-  abstract = models.init_variables_abstract(model)
-  param_shardings = part.param_shardings(abstract)
-
-  with part.context():
-    params = models.init_params(model, seed, param_shardings)
+  run = runtime.build(config, num_partitions, parameter_partitioning_dims,
+                      activation_partitioning_dims)
+  part, model, abstract, param_shardings = (run.partitioner, run.model, run.abstract,
+                                            run.param_shardings)
+  params = run.init_params(seed)
   store = checkpoints.CheckpointStore(model_dir, keep_checkpoints)
   latest = store.latest_step()
   start, first_new_task = 0, None
@@ -296,9 +299,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
 
   def evaluate_step(step, best):
     """The periodic evaluation of `step`: its record, table and best; (score, best)."""
-    # Single-process runs stop between eval batches on a signal; several processes must
-    # reach a preemption sync point together, which only a train step provides.
-    stop = None if preemption.multi_process else (lambda: preemption.signum is not None)
+    # A signal is acted on between eval batches (with several processes: at the same batch).
+    stop = preemption.requested
     results, predictions = evaluation.evaluate(
         model, state['params'], mixture_or_task_name, task_feature_lengths, eval_batch_size,
         max_examples=eval_max_examples, should_stop=stop, partitioner=part)
@@ -307,7 +309,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     log.info('%s', evaluation.format_table(step, results))
     return record.get('eval/average'), written or best
 
-  if (latest is not None and not preemption.multi_process and eval_every_steps
+  if (latest is not None and eval_every_steps
       and (start % eval_every_steps == 0 or start == train_steps)
       and not any(r.get('step') == start and 'eval/average' in r
                   for r in files.read_jsonl(eval_output.sources[0]))):
@@ -345,7 +347,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       log.info('Train step %s.', compile_cache.describe(time.time() - began, hits_before))
     done = step + 1
     progress(done)
-    preempted = preemption.requested(done)
+    preempted = preemption.requested()
     must_check = (done % log_every_steps == 0 or done % save_every_steps == 0
                   or done == train_steps or preempted)
     if must_check:
@@ -371,6 +373,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     score, pause_began = None, step_rate.clock()
     if eval_every_steps and (done % eval_every_steps == 0 or done == train_steps):
       try:
+        if preempted:  # the signal came during the step: save now, evaluate on the rerun
+          raise evaluation.Interrupted()
         score, best = evaluate_step(done, best)
       except evaluation.Interrupted:  # a signal during the evaluation: save, evaluate later
         preempted = True

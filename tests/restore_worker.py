@@ -1,6 +1,6 @@
 """One process of the sharded-restore test (tests/test_multiprocess.py): restores a checkpoint
 into a model whose 'model' axis spans both processes, unscanned and scanned (its layers stacked
-on the way in), and prints, as JSON, what this process materialised. Usage: restore_worker.py
+on the way in), and as eval, infer and analysis restore a run (runtime.build), and prints, as JSON, what this process materialised. Usage: restore_worker.py
 CHECKPOINT ADDRESS PROCESS_INDEX."""
 
 import dataclasses
@@ -9,7 +9,7 @@ import sys
 
 import jax
 
-from hyperprompt_jax import checkpoints, gin_utils, models, partitioning
+from hyperprompt_jax import checkpoints, gin_utils, models, partitioning, runtime
 from hyperprompt_jax.network import Transformer
 
 
@@ -20,12 +20,17 @@ def main():
                                                          'network.HyperPromptConfig.head_dim = 8'])
   part = partitioning.Partitioner(num_partitions=8)
   results = {}
-  for layout in ('unscanned', 'scanned'):
-    model = Transformer(dataclasses.replace(config, scan_layers=layout == 'scanned'))
-    shardings = part.param_shardings(models.init_variables_abstract(model))
-    with part.context():
-      params = models.init_params(model, 0, shardings)
-    params, report = checkpoints.load_initial_params(path, params, shardings)
+  for layout in ('unscanned', 'scanned', 'runtime'):
+    if layout == 'runtime':  # eval, infer and analysis: runtime.build + restore_params
+      run = runtime.build(config, num_partitions=8)
+      params, _ = run.restore_params(path)
+      report = {'loaded': jax.tree.leaves(params)}
+    else:
+      model = Transformer(dataclasses.replace(config, scan_layers=layout == 'scanned'))
+      shardings = part.param_shardings(models.init_variables_abstract(model))
+      with part.context():
+        params = models.init_params(model, 0, shardings)
+      params, report = checkpoints.load_initial_params(path, params, shardings)
     leaves = jax.tree_util.tree_leaves_with_path(params)
     out = results[layout] = {'loaded': len(report['loaded']), 'arrays': {}}
     for key, leaf in leaves:

@@ -95,21 +95,52 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, partitions):
     assert ('The input restarts from its beginning at step 6: it was saved as 2 shard(s) of '
             'a 16-row batch and this run reads 4 of 16 (bind train.train.input_shards=2'
             in out.stderr), out.stderr[-2000:]
+    _eval_and_infer_like_one(one, partitions, tmp_path, infer=False)  # infer: the [8] case
     return  # resuming data-parallel processes in two: the SIGTERM test below
   _one('train', *args, f'--gin.MODEL_DIR={one}', '--gin.TRAIN_STEPS=6')  # resume
   _two('train', *args, f'--gin.MODEL_DIR={two}', '--gin.TRAIN_STEPS=6')
   _assert_same_losses(one, two, 6)
-  evaluate = ['--gin_file=runs/eval_demo.gin', *HEADS_8, '--gin.eval.evaluate.max_examples=8',
-              '--gin.eval.evaluate.batch_size=8']
-  single = json.loads(_one('eval', *evaluate, f'--gin.MODEL_DIR={one}').splitlines()[-1])
+  _eval_and_infer_like_one(one, partitions, tmp_path)
+
+
+def _eval_and_infer_like_one(model_dir, partitions, tmp_path, infer=True):
+  """The eval and infer commands laid out as in training (NUM_PARTITIONS, parameters
+  restored into their shardings, batches decoded split over 'data'): in two processes they
+  give one process's scores, prediction files and inference file."""
+  layout = [*HEADS_8, f'--gin.NUM_PARTITIONS={partitions}', f'--gin.MODEL_DIR={model_dir}']
+  evaluate = ['--gin_file=runs/eval_demo.gin', *layout, '--gin.eval.evaluate.max_examples=12',
+              '--gin.eval.evaluate.batch_size=8']  # 12 rows: two batches, the last padded
+  single_dir, pair_dir = str(tmp_path / 'eval_one'), str(tmp_path / 'eval_two')
+  single = json.loads(_one('eval', *evaluate, f'--gin.EVAL_OUTPUT_DIR={single_dir}'
+                           ).splitlines()[-1])
   pair = [json.loads(out.splitlines()[-1])
-          for out in _two('eval', *evaluate, f'--gin.MODEL_DIR={two}')]
+          for out in _two('eval', *evaluate, f'--gin.EVAL_OUTPUT_DIR={pair_dir}')]
   assert pair[0] == pair[1]
-  assert pair[0].keys() == single.keys() and pair[0]['step'] == 6
+  assert pair[0].keys() == single.keys() and pair[0]['step'] == single['step']
   assert pair[0]['examples'] == single['examples'] and pair[0]['split'] == single['split']
   scores = sorted(k for k in single if k.startswith('eval/'))
   np.testing.assert_allclose([pair[0][k] for k in scores], [single[k] for k in scores],
                              atol=1e-6)
+  predictions = sorted(n for n in os.listdir(single_dir) if n.endswith('.jsonl')
+                       and n != 'metrics.jsonl')
+  assert predictions and predictions == sorted(
+      n for n in os.listdir(pair_dir) if n.endswith('.jsonl') and n != 'metrics.jsonl')
+  for name in predictions:
+    with open(os.path.join(single_dir, name)) as a, open(os.path.join(pair_dir, name)) as b:
+      assert a.read() == b.read(), name
+  if not infer:
+    return
+  inputs = tmp_path / 'in.jsonl'
+  inputs.write_text(''.join(json.dumps({'task': f'demo/{t}', 'inputs': f'review: {i} the '
+                                        'price was good and the staff was poor .'}) + '\n'
+                            for i, t in enumerate(['topic', 'sentiment', 'topic'] * 3)))
+  infer = ['--gin_file=runs/infer_demo.gin', *layout, f'--gin.INFER_INPUT={inputs}',
+           '--gin.infer.infer.batch_size=4']
+  _one('infer', *infer, f'--gin.INFER_OUTPUT={tmp_path / "infer_one.jsonl"}')
+  _two('infer', *infer, f'--gin.INFER_OUTPUT={tmp_path / "infer_two.jsonl"}')
+  one_out = (tmp_path / 'infer_one.jsonl').read_text()
+  assert len(one_out.splitlines()) == 9
+  assert (tmp_path / 'infer_two.jsonl').read_text() == one_out
 
 
 def test_two_processes_start_from_an_initial_checkpoint_like_one(tmp_path):
@@ -152,7 +183,8 @@ def test_sigterm_to_both_processes_saves_one_step_and_a_rerun_continues(tmp_path
 def test_restore_reads_only_this_processes_shards(tmp_path):
   """With the model axis across both processes, each holds half of every sharded parameter
   and no process holds a full host copy; the values are the checkpoint's. The same for a
-  scanned model, whose stacked layers are built from the checkpoint's layers_<i>."""
+  scanned model, whose stacked layers are built from the checkpoint's layers_<i>, and for the
+  restore of eval, infer and analysis (runtime.build(...).restore_params)."""
   start = str(tmp_path / 'start')
   _one('train', *DEMO, *HEADS_8, f'--gin.MODEL_DIR={start}', '--gin.TRAIN_STEPS=3', devices=1)
   address = f'127.0.0.1:{_port()}'
@@ -168,7 +200,8 @@ def test_restore_reads_only_this_processes_shards(tmp_path):
   for result in results:
     for layout, expected, stacked_name in (
         ('unscanned', stored, 'encoder/layers_0/mlp/wi_0/kernel'),
-        ('scanned', stacked, 'encoder/layers/mlp/wi_0/kernel')):
+        ('scanned', stacked, 'encoder/layers/mlp/wi_0/kernel'),
+        ('runtime', stored, 'encoder/layers_0/mlp/wi_0/kernel')):
       assert result[layout]['loaded'] == len(expected)
       arrays = result[layout]['arrays']
       assert sorted(arrays) == sorted(expected)
@@ -215,12 +248,29 @@ def test_two_dimensional_parameter_sharding_gives_the_same_losses(tmp_path):
 
 def test_periodic_evaluation_in_two_processes_gives_one_process_records(tmp_path):
   """EVAL_EVERY_STEPS > 0 with the batch data parallel over the processes: the same losses,
-  and the same evaluation records (scores, split, examples) as one process."""
+  and the same evaluation records (scores, split, examples) as one process. The two-process
+  run is preempted (SIGTERM to both) during its evaluation: both stop at the same eval batch,
+  save step 2 and exit 143; the rerun evaluates step 2 first, so nothing is lost."""
   one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
   args = [*DEMO, '--gin.NUM_PARTITIONS=2', '--gin.train.train.input_shards=2',
           '--gin.TRAIN_STEPS=2', '--gin.EVAL_EVERY_STEPS=2',
-          '--gin.train.train.eval_max_examples=8', '--gin.train.train.eval_batch_size=8']
+          '--gin.train.train.eval_max_examples=40', '--gin.train.train.eval_batch_size=8',
+          '--gin.train.train.report_every_seconds=0']
   _one('train', *args, f'--gin.MODEL_DIR={one}')
+  procs = _start_pair('train', [*args, f'--gin.MODEL_DIR={two}'])
+  seen = []
+  for line in procs[0].stderr:  # the evaluation starts right after step 2's progress line
+    seen.append(line)
+    if 'step 2/2' in line:
+      for p in procs:
+        p.send_signal(signal.SIGTERM)
+      break
+  began = time.time()
+  outs = [p.communicate(timeout=300) for p in procs]
+  err = ''.join(seen) + outs[0][1]
+  assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, err[-3000:]
+  assert time.time() - began < 60 and 'SIGTERM during the evaluation of step 2' in err, err
+  assert _saved_steps(two) == [2]
   _two('train', *args, f'--gin.MODEL_DIR={two}')
   _assert_same_losses(one, two, 2)
   records = lambda d: [r for r in map(json.loads, open(os.path.join(d, 'training_eval',

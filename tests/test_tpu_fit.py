@@ -94,3 +94,19 @@ def test_microbatches_compile_when_the_batch_is_sharded_eight_ways():
   assert out.returncode == 0, out.stderr[-2000:]
   assert 'microbatches=4, remat=full, scan_layers=True' in out.stdout
   assert re.fullmatch(r'per-chip HBM: [0-9.]+ GiB of 32 GiB', out.stdout.strip().splitlines()[-1])
+
+
+def test_decode_mode_compiles_the_partitioned_greedy_decoding():
+  """--mode=decode: the eval command's decoding on 4 chips, 2 model partitions, each data
+  shard decoding 8 of the 16 rows."""
+  out = subprocess.run([sys.executable, 'benchmarks/tpu_fit.py', *DEMO, '--mode=decode',
+                        '--eval_batch_size=16', '--gin.NUM_PARTITIONS=2',
+                        '--gin.network.HyperPromptConfig.scan_layers=True'],
+                       env=_env(1), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.strip().splitlines()
+  assert lines[0].startswith('TPU v4 x4 chips; greedy decoding, global emb 64, 2+2 layers; '
+                             'eval batch 16'), lines[0]
+  assert 'NUM_PARTITIONS=2' in lines[0] and 'scan_layers=True' in lines[0]
+  m = re.fullmatch(r'per-chip HBM: ([0-9.]+) GiB of 32 GiB', lines[-1])
+  assert m and 0 < float(m.group(1)) < 1, lines[-1]
