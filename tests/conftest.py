@@ -4,6 +4,9 @@ import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+# CPU only: no process (nor the many subprocesses, which inherit it) probes for a TPU or a
+# GPU first (libtpu is installed for the deviceless compiles, which need no TPU backend).
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # GLUE/SuperGLUE tasks tokenize with the shipped vocabulary: no download in tests.
 os.environ['HYPERPROMPT_VOCAB'] = 'demo'
 # One persistent compilation cache for the session: the many train/eval subprocesses (they
