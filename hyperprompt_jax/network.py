@@ -3,7 +3,9 @@
 `Transformer.encode`, `.decode` and `__call__` keep t5x's signatures and add a keyword
 `task_ids`: int32 [batch], or [batch, max_segments] for packed rows (entry s is the task of
 segment s+1; unused slots hold 0). With variant 'mtl' the parameter tree is exactly that of
-t5x `examples/t5/network.Transformer`; other variants add parameters beside it.
+t5x `examples/t5/network.Transformer`; other variants add parameters beside it. With
+`config.scan_layers` each stack's layers run under `nn.scan`, their parameters stacked
+(`encoder/layers/...`, t5x's scalable_t5 layout; `scan_layout` converts between the two).
 """
 
 from typing import Optional
