@@ -147,6 +147,68 @@ def jit_saved_loss(model: Transformer, part: partitioning.Partitioner, param_sha
     return jax.jit(loss, in_shardings=(param_shardings, None), out_shardings=part.replicated)
 
 
+def start_params(run: runtime.Runtime, model_dir: str, seed: int,
+                 initial_checkpoint_path: Optional[str], train_steps: int,
+                 new_tasks_only: bool, resuming: bool):
+  """Phase 1, the parameters to start from, each in its sharding: freshly initialised, with
+  INITIAL_CHECKPOINT_PATH's loaded into them (task tables grown when the model has more
+  tasks). Returns (params, start step, first new task row or None). When resuming, the
+  checkpoint is restored later, with the optimizer state."""
+  config = run.config
+  params = run.init_params(seed)
+  start, first_new_task = 0, None
+  if initial_checkpoint_path:
+    params, report = checkpoints.load_initial_params(initial_checkpoint_path, params,
+                                                     run.param_shardings,
+                                                     checkpoints.task_axes(run.abstract))
+    start = report['step']
+    params = _vocab_prompts_from_checkpoint(config, params, report, seed)
+    if report['grown']:
+      log.info('Task tables grown (checkpoint tasks -> model tasks): %s', report['grown'])
+    if new_tasks_only:
+      if not report['grown']:
+        raise TrainingError(f'train.new_tasks_only: {initial_checkpoint_path} already has '
+                            f'num_tasks={config.num_tasks} task rows; raise num_tasks to add tasks.')
+      first_new_task = min(old for old, _ in report['grown'].values())
+    log.info('Initial checkpoint %s (step %d): %d loaded, %d initialised (%s), %d unused (%s)',
+             initial_checkpoint_path, start, len(report['loaded']), len(report['initialised']),
+             report['initialised'], len(report['unused']), report['unused'])
+    if start >= train_steps:
+      raise TrainingError(
+          f'TRAIN_STEPS={train_steps} is not past the initial checkpoint\'s step {start}: '
+          f'TRAIN_STEPS is the absolute step to stop at, as in t5x; pass '
+          f'--gin.TRAIN_STEPS={start + max(train_steps, 1)} to train {max(train_steps, 1)} steps.')
+  if new_tasks_only and resuming:  # the run's record says where the new rows start
+    first_new_task = new_tasks_only_from(model_dir)
+  return params, start, first_new_task
+
+
+def train_input(part: partitioning.Partitioner, mixture_or_task_name: str,
+                task_feature_lengths: Dict[str, int], batch_size: int, data_seed: int,
+                pack: bool, max_segments: int, use_cached_tasks: bool,
+                input_shards: Optional[int]) -> input_pipeline.ShardedInput:
+  """Phase 2, this process's input: the global batch read as `input_shards` shards (default
+  one per data-parallel row block), this process reading the shards of its rows; each
+  shard's position is saved by the first process that reads it."""
+  _, row_blocks = part.process_rows(batch_size)
+  num_shards = input_shards or row_blocks
+  shards_of = {p: input_pipeline.shards_for_rows(r, batch_size, num_shards)
+               for p, r in part.rows_of_processes(batch_size).items()}
+  shards = shards_of[jax.process_index()]
+  writer = {i: min(p for p, s in shards_of.items() if i in s) for i in range(num_shards)}
+  datasets = input_pipeline.train_datasets(
+      mixture_or_task_name, task_feature_lengths, batch_size, data_seed, pack=pack,
+      max_segments=max_segments, use_cached=use_cached_tasks, num_shards=num_shards,
+      shard_indices=shards)
+  if not use_cached_tasks and jax.process_count() > 1 and jax.process_index() == 0:
+    log.warning('The tasks are read uncached on %d processes: cache them once with seqio '
+                '(docs/tasks.md, "Preparing the data") for better shuffling across restarts '
+                'and less CPU per host.', jax.process_count())
+  return input_pipeline.ShardedInput(
+      datasets, num_shards, batch_size,
+      writes=[i for i in shards if writer[i] == jax.process_index()])
+
+
 @gin.configurable
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Dict[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
@@ -207,39 +269,17 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                       activation_partitioning_dims)
   part, model, abstract, param_shardings = (run.partitioner, run.model, run.abstract,
                                             run.param_shardings)
-  params = run.init_params(seed)
   store = checkpoints.CheckpointStore(model_dir, keep_checkpoints)
   latest = store.latest_step()
-  start, first_new_task = 0, None
-  axes = checkpoints.task_axes(abstract)
   if new_tasks_only and not initial_checkpoint_path:
     raise TrainingError('train.new_tasks_only needs an INITIAL_CHECKPOINT_PATH with fewer '
                         'tasks than network.HyperPromptConfig.num_tasks.')
-  if initial_checkpoint_path and latest is None:
-    params, report = checkpoints.load_initial_params(initial_checkpoint_path, params,
-                                                     param_shardings, axes)
-    start = report['step']
-    params = _vocab_prompts_from_checkpoint(config, params, report, seed)
-    if report['grown']:
-      log.info('Task tables grown (checkpoint tasks -> model tasks): %s', report['grown'])
-    if new_tasks_only:
-      if not report['grown']:
-        raise TrainingError(f'train.new_tasks_only: {initial_checkpoint_path} already has '
-                            f'num_tasks={config.num_tasks} task rows; raise num_tasks to add tasks.')
-      first_new_task = min(old for old, _ in report['grown'].values())
-    log.info('Initial checkpoint %s (step %d): %d loaded, %d initialised (%s), %d unused (%s)',
-             initial_checkpoint_path, start, len(report['loaded']), len(report['initialised']),
-             report['initialised'], len(report['unused']), report['unused'])
-    if start >= train_steps:
-      raise TrainingError(
-          f'TRAIN_STEPS={train_steps} is not past the initial checkpoint\'s step {start}: '
-          f'TRAIN_STEPS is the absolute step to stop at, as in t5x; pass '
-          f'--gin.TRAIN_STEPS={start + max(train_steps, 1)} to train {max(train_steps, 1)} steps.')
-
-  if new_tasks_only and latest is not None:  # resuming: the run's config says where rows start
-    first_new_task = new_tasks_only_from(model_dir)
+  params, start, first_new_task = start_params(
+      run, model_dir, seed, initial_checkpoint_path if latest is None else None, train_steps,
+      new_tasks_only, resuming=latest is not None)
   optimizer = trainer.make_optimizer(learning_rate, params, trainable_regex, frozen_regex,
-                                     first_new_task, axes, adafactor_parameter_scale,
+                                     first_new_task, checkpoints.task_axes(abstract),
+                                     adafactor_parameter_scale,
                                      weight_decay_rate)
   if first_new_task is not None and jax.process_index() == 0:
     files.write_text_atomic(os.path.join(model_dir, 'new_tasks_from.txt'), str(first_new_task))
@@ -249,23 +289,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   opt_state = jax.jit(optimizer.init, out_shardings=state_shardings['opt_state'])(params)
   state = {'step': jnp.asarray(start, jnp.int32), 'params': params, 'opt_state': opt_state}
 
-  _, row_blocks = part.process_rows(batch_size)
-  num_shards = input_shards or row_blocks
-  shards_of = {p: input_pipeline.shards_for_rows(r, batch_size, num_shards)
-               for p, r in part.rows_of_processes(batch_size).items()}
-  shards = shards_of[jax.process_index()]
-  writer = {i: min(p for p, s in shards_of.items() if i in s) for i in range(num_shards)}
-  datasets = input_pipeline.train_datasets(
-      mixture_or_task_name, task_feature_lengths, batch_size, data_seed, pack=pack,
-      max_segments=max_segments, use_cached=use_cached_tasks, num_shards=num_shards,
-      shard_indices=shards)
-  if not use_cached_tasks and jax.process_count() > 1 and jax.process_index() == 0:
-    log.warning('The tasks are read uncached on %d processes: cache them once with seqio '
-                '(docs/tasks.md, "Preparing the data") for better shuffling across restarts '
-                'and less CPU per host.', jax.process_count())
-  iterator = input_pipeline.ShardedInput(
-      datasets, num_shards, batch_size,
-      writes=[i for i in shards if writer[i] == jax.process_index()])
+  iterator = train_input(part, mixture_or_task_name, task_feature_lengths, batch_size,
+                         data_seed, pack, max_segments, use_cached_tasks, input_shards)
   if latest is not None:
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
