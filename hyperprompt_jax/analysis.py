@@ -42,13 +42,13 @@ def _apply(model, partitioner, variables, *args, method=None, enable_dropout=Fal
     return model.apply(variables, *args, method=method, enable_dropout=enable_dropout,
                        mutable=list(mutable), task_ids=task_ids)
   key = (id(model), id(partitioner), method, enable_dropout, tuple(mutable))
-  if key not in _JITTED:
-    _JITTED[key] = jax.jit(
+  if key not in _JITTED:  # the entry keeps model and partitioner alive: ids stay theirs
+    _JITTED[key] = (model, partitioner, jax.jit(
         lambda v, a, t: model.apply(v, *a, method=method, enable_dropout=enable_dropout,
                                     mutable=list(mutable), task_ids=t),
-        out_shardings=partitioner.replicated)
+        out_shardings=partitioner.replicated))
   with partitioner.context():
-    return _JITTED[key](variables, args, task_ids)
+    return _JITTED[key][2](variables, args, task_ids)
 
 
 def _sown(stack, layer: int, block: str, name: str) -> np.ndarray:

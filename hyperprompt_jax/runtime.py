@@ -8,8 +8,6 @@ the same slice: no command materialises a whole model on one device or one host.
 import dataclasses
 from typing import Any, Optional, Tuple
 
-import jax
-
 from hyperprompt_jax import checkpoints, models, partitioning
 from hyperprompt_jax.config import HyperPromptConfig
 from hyperprompt_jax.network import Transformer
@@ -47,8 +45,3 @@ def build(config: HyperPromptConfig, num_partitions: int = 1,
   abstract = models.init_variables_abstract(model)
   return Runtime(config, part, model, abstract, part.param_shardings(abstract))
 
-
-def replicated_jit(fn, runtime: Runtime):
-  """`fn` jitted with its outputs replicated on every device (so every process can read
-  them, e.g. attention statistics of a sharded model)."""
-  return jax.jit(fn, out_shardings=runtime.partitioner.replicated)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from hyperprompt_jax import analysis
+from hyperprompt_jax import analysis, partitioning
 from hyperprompt_jax.network import Transformer
 from tests.helpers import init_params, random_tokens, scanned, tiny_config
 
@@ -83,6 +83,7 @@ def test_figures_are_valid_pngs(tmp_path):
 
 
 def test_a_scanned_model_gives_the_same_statistics_per_layer():
+  """... and so does the command's way (parameters on a mesh, statistics under jit)."""
   tokens = random_tokens(0, (3, 9), pad_from=[9, 5, 7])
   targets = random_tokens(1, (3, 5), pad_from=[5, 3, 4])
   ids = np.array([0, 1, 2], np.int32)
@@ -93,6 +94,8 @@ def test_a_scanned_model_gives_the_same_statistics_per_layer():
                    (analysis.decoder_attention_stats, (tokens, targets, ids))):
     plain = fn(Transformer(cfg), params, *args)
     stacked = fn(Transformer(scan_cfg), scan_params, *args)
+    on_mesh = fn(Transformer(scan_cfg), scan_params, *args, partitioning.Partitioner(1))
     for key in ('prompt_mass', 'entropy'):
       np.testing.assert_allclose(stacked[key], plain[key], rtol=1e-5)
-    assert stacked['count'] == plain['count']
+      np.testing.assert_allclose(on_mesh[key], plain[key], rtol=1e-5)
+    assert stacked['count'] == plain['count'] == on_mesh['count']
