@@ -139,18 +139,14 @@ def _run_layers(cfg, layer_cls, num_layers, x, broadcast, static, per_layer, rem
   modules layers_0 .. layers_{n-1}. Scanned: one module 'layers' under `nn.scan`, with
   parameters (and the decoding cache) stacked on a leading 'layers' axis."""
   policy = cfg.layer_remat if remat else 'none'
+  cls = layer_cls
+  if policy != 'none':  # inside a scan, the scan itself keeps XLA from merging the layers
+    cls = nn.remat(layer_cls, policy=REMAT_POLICIES[policy], prevent_cse=not cfg.scan_layers,
+                   static_argnums=tuple(i + 2 for i in static))
   if not cfg.scan_layers:
-    cls = layer_cls
-    if policy != 'none':
-      cls = nn.remat(layer_cls, policy=REMAT_POLICIES[policy],
-                     static_argnums=tuple(i + 2 for i in static))
     for i in range(num_layers):
       x = cls(cfg, name=f'layers_{i}')(x, *broadcast, per_layer[i])
     return x
-  cls = layer_cls
-  if policy != 'none':  # prevent_cse=False: the scan already keeps XLA from merging layers
-    cls = nn.remat(layer_cls, policy=REMAT_POLICIES[policy], prevent_cse=False,
-                   static_argnums=tuple(i + 2 for i in static))
   scanned = nn_partitioning.scan_with_axes(
       cls, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
       split_rngs={'params': True, 'dropout': True},
